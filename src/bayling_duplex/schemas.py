@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from bayling_duplex.backbone import ModelConfig
+from bayling_duplex.recipe import FormatConfig, RecipeConfig
 from bayling_duplex.run_dir import RunConfig
 from bayling_duplex.vocab import VocabConfig
 
@@ -56,8 +57,46 @@ class DpoConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
-ROOTS: dict[str, type] = {"sft": SftConfig, "dpo": DpoConfig}
+@dataclass
+class BuildConfig:
+    """``python -m bayling_duplex.data build``: a recipe built with a tokenizer into a folder."""
+
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # whose tokenizer tokenizes the text
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    output_dir: str = "data/${recipe.name}"
+    num_workers: int = 2
+    overwrite: bool = False  # replace a build of another configuration
+    cache_dir: str = "data/.backbones"  # where the tiny backbone is built once
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
+
+
+@dataclass
+class RenderConfig:
+    """``python -m bayling_duplex.data render``: the block grid of one dialogue."""
+
+    source: str = "data/demo"  # a built dataset folder or a timelines .jsonl file
+    split: str = "train"  # for a built dataset
+    record: str | None = None  # record id; None: the index below
+    index: int = 0
+    # for a timelines file: the format to interleave with (a built dataset carries its own)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    cache_dir: str = "data/.backbones"
+
+
+ROOTS: dict[str, type] = {
+    "sft": SftConfig,
+    "dpo": DpoConfig,
+    "build": BuildConfig,
+    "render": RenderConfig,
+}
 GROUPS: dict[str, type] = {
+    "recipe": RecipeConfig,
     "model": ModelConfig,
     "data": TrainDataConfig,
     "deepspeed": DeepSpeedConfig,

@@ -29,14 +29,14 @@ import torch
 from bayling_duplex.vocab import GLM4_CHAT_SPECIALS
 
 # Bump when the construction below changes, so old caches are not reused.
-TINY_BUILDER_VERSION = 1
+TINY_BUILDER_VERSION = 2
 
 
 @dataclass
 class TinyConfig:
     """Shape of the tiny backbone. Defaults train on a CPU in minutes."""
 
-    text_vocab_size: int = 384  # target size of the BPE text vocabulary (bytes included)
+    text_vocab_size: int = 1024  # target size of the BPE text vocabulary (bytes included)
     num_audio_tokens: int = 256  # number of <|audio_N|> speech codes
     vocab_pad_multiple: int = 64  # embedding rows are padded to a multiple of this …
     vocab_spare_rows: int = 8  # … after leaving at least this many spare rows
@@ -70,10 +70,21 @@ class TinyConfig:
 
     def fingerprint(self) -> str:
         blob = json.dumps({"v": TINY_BUILDER_VERSION, **asdict(self)}, sort_keys=True)
-        corpus = (
-            resources.files("bayling_duplex").joinpath("resources/tiny_corpus.txt").read_bytes()
-        )
+        corpus = "\n".join(training_text()).encode()
         return hashlib.sha256(blob.encode() + corpus).hexdigest()[:12]
+
+
+def training_text() -> list[str]:
+    """The shipped corpus plus every demo question and answer, so demo words are whole tokens."""
+    from bayling_duplex.demo_corpus import BACKCHANNELS, qa_pairs
+
+    corpus = (
+        resources.files("bayling_duplex").joinpath("resources/tiny_corpus.txt").read_text("utf-8")
+    )
+    lines = corpus.splitlines() + list(BACKCHANNELS)
+    for split in ("train", "heldout"):
+        lines += [text for pair in qa_pairs(split) for text in pair]
+    return lines
 
 
 def build_tiny_tokenizer(cfg: TinyConfig):
@@ -81,9 +92,6 @@ def build_tiny_tokenizer(cfg: TinyConfig):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = (
-        resources.files("bayling_duplex").joinpath("resources/tiny_corpus.txt").read_text("utf-8")
-    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -92,7 +100,7 @@ def build_tiny_tokenizer(cfg: TinyConfig):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
+    tok.train_from_iterator(training_text(), trainer=trainer)
     specials = list(GLM4_CHAT_SPECIALS) + [f"<|audio_{i}|>" for i in range(cfg.num_audio_tokens)]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(
