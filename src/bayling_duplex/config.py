@@ -120,6 +120,11 @@ def run_hydra_command(
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher appends --local_rank=N; Hydra would take it for an override
+    for arg in [a for a in argv if a.startswith(("--local_rank", "--local-rank"))]:
+        argv.remove(arg)
+        if "=" in arg:
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
     listing = "\n".join(f"  {name}" for name in commands)
     if not argv or (argv[0] in ("-h", "--help") and len(argv) == 1):
         print(

@@ -72,23 +72,24 @@ def prepare_run_dir(
     before the job starts) counts as non-empty.
     """
     path = Path(path)
+    if not is_main_process():
+        return path  # rank 0 alone judges the folder: the others would see its config.yaml
     existing = [p for p in path.iterdir() if p.name not in ignore] if path.is_dir() else []
     if existing and not (run.resume or run.overwrite):
         raise RunDirError(
             f"run folder {path} is not empty ({len(existing)} entries); pass run.resume=true "
             "to continue it, run.overwrite=true to replace it, or run.name=… for a new one"
         )
-    if is_main_process():
-        if existing and run.overwrite:
-            for p in existing:
-                if p.is_dir():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        from omegaconf import OmegaConf
+    if existing and run.overwrite:
+        for p in existing:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    from omegaconf import OmegaConf
 
-        OmegaConf.save(OmegaConf.create(resolved), path / RESOLVED_CONFIG)
+    OmegaConf.save(OmegaConf.create(resolved), path / RESOLVED_CONFIG)
     return path
 
 

@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from bayling_duplex.backbone import ModelConfig
 from bayling_duplex.recipe import FormatConfig, RecipeConfig
 from bayling_duplex.run_dir import RunConfig
+from bayling_duplex.sft import LoraSettings, OptimConfig, TrainConfig
 from bayling_duplex.vocab import VocabConfig
 
 
@@ -45,6 +46,9 @@ class SftConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass

@@ -19,6 +19,7 @@ log = logging.getLogger("bayling_duplex.train")
 
 # Errors a user can fix from the command line: printed as one line, no traceback.
 USER_ERRORS = (ConfigError, RunDirError, VocabError, FileNotFoundError)
+# (dataset.DataMismatchError is a FileNotFoundError)
 
 
 def _output_dir() -> tuple[str, tuple[str, ...]]:
@@ -30,8 +31,10 @@ def _output_dir() -> tuple[str, tuple[str, ...]]:
 
 
 def _run_stage(cfg: DictConfig, stage: str) -> None:
+    from bayling_duplex.cluster import export_submitit_env
     from bayling_duplex.schemas import ROOTS
 
+    export_submitit_env()
     try:
         # 1. typed, strict config
         conf = to_dataclass(cfg, ROOTS[stage])

@@ -1,0 +1,184 @@
+"""The SFT stage: collator, loss, a CPU run with its checkpoint files, exact resume, LoRA, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import build_small_demo, compose_conf
+
+from bayling_duplex.collate import DuplexCollator, real_token_share
+from bayling_duplex.interleave import TokenClass
+from bayling_duplex.loss import LossWeights, token_losses, weighted_loss
+
+TINY = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "run.wandb.mode=disabled",
+    "train.batch_size=4",
+    "train.logging_steps=1",
+    "train.eval_dialogues=8",
+    "train.eval_steps=0",
+]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft-data")
+    return build_small_demo(root / "demo", root / "cache")
+
+
+def sft_conf(data, *extra: str):
+    return compose_conf("sft", [*TINY, f"data.path={data}", *extra])
+
+
+def test_collator_pads_as_documented():
+    rows = [
+        {"input_ids": [11, 12, 13], "classes": [0, 1, 4]},
+        {"input_ids": [14, 15], "classes": [0, 3]},
+    ]
+    b = DuplexCollator(pad_id=99)(rows)
+    assert b["input_ids"].tolist() == [[11, 12, 13], [14, 15, 99]]
+    assert b["classes"].tolist() == [[0, 1, 4], [0, 3, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2], [0, 1, 0]]
+
+
+def test_collator_packs_with_block_diagonal_mask():
+    rows = [
+        {"input_ids": [11, 12, 13], "classes": [0, 1, 4]},
+        {"input_ids": [14, 15], "classes": [1, 3]},
+    ]
+    b = DuplexCollator(pad_id=99, pack=True)(rows)
+    assert b["input_ids"].tolist() == [[11, 12, 13, 14, 15]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    # the second dialogue's first token is not a target of the first dialogue
+    assert b["classes"].tolist() == [[0, 1, 4, 0, 3]]
+    m = b["attention_mask"][0, 0].int().tolist()
+    assert m == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
+
+
+def test_packed_logits_equal_separate_logits(tiny_backbone):
+    model, _, vocab = tiny_backbone
+    a = [vocab.audio_start_id + i for i in range(7)]
+    b = [vocab.audio_start_id + 20 + i for i in range(5)]
+    rows = [{"input_ids": a, "classes": [0] * 7}, {"input_ids": b, "classes": [0] * 5}]
+    packed = DuplexCollator(pad_id=0, pack=True)(rows)
+    packed.pop("classes")
+    with torch.no_grad():
+        lp = model(**packed).logits[0]
+        la = model(torch.tensor([a])).logits[0]
+        lb = model(torch.tensor([b])).logits[0]
+    torch.testing.assert_close(lp[:7], la, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lp[7:], lb, atol=1e-5, rtol=1e-4)
+
+
+def test_weighted_loss_matches_plain_ce_and_zero_removes_a_class():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    ids = torch.randint(0, 11, (2, 6))
+    classes = torch.tensor([[0, 1, 3, 4, 5, 2], [0, 0, 1, 1, 4, 4]], dtype=torch.int8)
+    ce = token_losses(logits, ids)
+    target = classes[:, 1:] != TokenClass.USER_AUDIO
+    assert torch.isclose(
+        weighted_loss(logits, ids, classes, LossWeights().table()), ce[target].mean()
+    )
+    no_audio = LossWeights(speech=0, silent_audio=0).table()
+    text_only = target & (classes[:, 1:] <= TokenClass.TEXT)
+    assert torch.isclose(weighted_loss(logits, ids, classes, no_audio), ce[text_only].mean())
+
+
+def test_padding_share_report():
+    lengths = [10, 30, 11, 29]
+    assert real_token_share(lengths, 2) == pytest.approx(80 / (2 * 30 + 2 * 29))
+    assert real_token_share(sorted(lengths), 2) == pytest.approx(80 / 82)
+
+
+def test_sft_cpu_run_writes_checkpoint_and_changes_every_parameter(small_data, tmp_path):
+    from bayling_duplex.backbone import load_backbone, load_trained
+    from bayling_duplex.sft import run_sft
+
+    conf = sft_conf(small_data, "train.max_steps=4", "train.save_steps=2")
+    summary = run_sft(conf, tmp_path)
+    final = tmp_path / "final"
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (final / name).is_file()
+    assert (tmp_path / "checkpoint-4" / "optimizer.pt").is_file()
+    assert summary["steps"] == 4 and "eval_text_loss" in summary and "eval_audio_loss" in summary
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+    before, _, _ = load_backbone(conf.model, conf.vocab, tmp_path / "backbone")
+    after, _, _ = load_trained(final, conf.vocab)
+    for (name, p0), (_, p1) in zip(
+        before.named_parameters(), after.named_parameters(), strict=True
+    ):
+        assert not torch.equal(p0, p1), f"{name} did not change"
+
+
+def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path):
+    from bayling_duplex.sft import run_sft
+
+    steps = ["train.max_steps=6", "train.save_steps=3", "train.eval_dialogues=0"]
+    full = run_sft(sft_conf(small_data, *steps), tmp_path / "full")
+    run_sft(sft_conf(small_data, *steps, "train.stop_after_steps=3"), tmp_path / "cut")
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = run_sft(sft_conf(small_data, *steps, "run.resume=true"), tmp_path / "cut")
+    assert resumed["resumed_from"].endswith("checkpoint-3")
+
+    def losses(summary, lo, hi):
+        return [h["loss"] for h in summary["log_history"] if "loss" in h and lo < h["step"] <= hi]
+
+    assert losses(resumed, 3, 6) == pytest.approx(losses(full, 3, 6), rel=1e-6, abs=1e-7)
+    assert len(losses(full, 3, 6)) == 3
+
+
+def test_lora_trains_adapters_and_new_token_rows(small_data, tmp_path):
+    from bayling_duplex.backbone import load_backbone
+    from bayling_duplex.sft import apply_lora
+
+    conf = sft_conf(small_data, "lora.enabled=true", "lora.r=4")
+    model, _, vocab = load_backbone(conf.model, conf.vocab, tmp_path)
+    peft_model = apply_lora(model, conf.lora, list(vocab.control_ids))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in trainable)
+    assert any("embed_tokens" in n and "token_adapter" in n for n in trainable)
+    assert any("lm_head" in n and "token_adapter" in n for n in trainable)
+    assert not any(
+        n.endswith("embed_tokens.weight") and "token_adapter" not in n for n in trainable
+    )
+
+
+def test_lora_sft_run(small_data, tmp_path):
+    from bayling_duplex.sft import run_sft
+
+    summary = run_sft(
+        sft_conf(small_data, "lora.enabled=true", "lora.r=4", "train.max_steps=2"), tmp_path
+    )
+    assert summary["steps"] == 2
+    assert (tmp_path / "final" / "adapter_config.json").is_file()
+
+
+def test_missing_data_names_the_build_command(tmp_path):
+    from bayling_duplex.dataset import DataMismatchError
+    from bayling_duplex.sft import run_sft
+
+    conf = sft_conf(tmp_path / "nowhere", "data.build_if_missing=false")
+    with pytest.raises(DataMismatchError, match=r"python -m bayling_duplex\.data build recipe=demo"):
+        run_sft(conf, tmp_path / "run")
+
+
+def test_data_of_another_vocabulary_is_refused(small_data, tmp_path):
+    from bayling_duplex.dataset import DataMismatchError
+    from bayling_duplex.sft import run_sft
+
+    conf = sft_conf(small_data, "vocab.silence_token='<listen>'")
+    with pytest.raises(DataMismatchError, match="vocabulary"):
+        run_sft(conf, tmp_path / "run")
