@@ -13,6 +13,7 @@ from bayling_duplex.interleave import TokenClass
 from bayling_duplex.loss import LossWeights, token_losses, weighted_loss
 
 TINY = [
+    "train.behaviour_dialogues=0",
     "model.tiny.hidden_size=32",
     "model.tiny.intermediate_size=64",
     "model.tiny.num_heads=2",
@@ -182,3 +183,14 @@ def test_data_of_another_vocabulary_is_refused(small_data, tmp_path):
     conf = sft_conf(small_data, "vocab.silence_token='<listen>'")
     with pytest.raises(DataMismatchError, match="vocabulary"):
         run_sft(conf, tmp_path / "run")
+
+
+def test_behaviour_evaluation_is_logged_during_training(small_data, tmp_path):
+    from bayling_duplex.sft import run_sft
+
+    conf = sft_conf(small_data, "train.max_steps=2", "train.behaviour_dialogues=4")
+    summary = run_sft(conf, tmp_path)
+    assert "behaviour/SR@3s" in summary and 0.0 <= summary["behaviour/SR@3s"] <= 1.0
+    assert any("behaviour/SR@3s" in h for h in summary["log_history"])
+    meta = json.loads((tmp_path / "final" / "duplex.json").read_text())
+    assert meta["format"]["frames_per_block"] == 10 and meta["format"]["silence_codes"] == [0]

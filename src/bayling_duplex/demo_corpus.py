@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from functools import cache
 
 from bayling_duplex.records import Script, ScriptTurn
@@ -161,3 +162,20 @@ def demo_script(
 def backchannel_clips(codec: ToyCodec) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """``(text, codes)`` of the short listener responses used in backchannel dialogues."""
     return tuple((text, codec.encode(text)[0]) for text in BACKCHANNELS)
+
+
+_KEY_PATTERNS = (
+    re.compile(r"^It is (\d+ [AP]M) in "),  # time: "It is 3 PM in London."
+    re.compile(r"^(\w+) comes after "),  # calendar: "Tuesday comes after Monday."
+    re.compile(r" has (\d+) legs\.$"),  # legs
+    re.compile(r" is ([\w ]+)\.$"),  # arithmetic, capitals, colours: the part after the last " is "
+)
+
+
+def answer_key(answer: str) -> str:
+    """The part of a demo answer that must appear in a correct reply ("7", "Paris", "3 PM")."""
+    for pat in _KEY_PATTERNS:
+        m = pat.search(answer)
+        if m:
+            return m.group(1).rsplit(" is ", 1)[-1]
+    return answer.rstrip(".")

@@ -29,6 +29,8 @@ class TrainDataConfig:
     )
     build_if_missing: bool = True  # build the recipe when path is missing (the tiny demo only)
     eval_split: str = "heldout"  # split of held-out dialogues for evaluation
+    # held-out scripts (.jsonl) for the behaviour evaluation during training; the demo needs none
+    eval_scripts: str | None = None
 
 
 @dataclass
@@ -93,11 +95,18 @@ class RenderConfig:
     cache_dir: str = "data/.backbones"
 
 
+def _eval_config() -> type:
+    from bayling_duplex.eval import EvalConfig  # next to its command, like the other components
+
+    return EvalConfig
+
+
 ROOTS: dict[str, type] = {
     "sft": SftConfig,
     "dpo": DpoConfig,
     "build": BuildConfig,
     "render": RenderConfig,
+    "eval": _eval_config(),
 }
 GROUPS: dict[str, type] = {
     "recipe": RecipeConfig,

@@ -46,6 +46,9 @@ class TrainConfig:
     save_total_limit: int = 2
     eval_steps: int = 500  # held-out per-channel loss every this many steps (0: only at the end)
     eval_dialogues: int = 200  # held-out dialogues for that loss
+    # behaviour evaluation (SR@3s, ISR@2s …) on this many held-out dialogues at each
+    # evaluation, split over the four sets; 0 turns it off
+    behaviour_dialogues: int = 48
     dataloader_workers: int = 0
     # stop (after saving a checkpoint) at this step: simulates a run that dies, for resume tests
     stop_after_steps: int | None = None
@@ -195,6 +198,9 @@ def run_sft(conf, run_dir: Path) -> dict:
     # 4. trainer
     args = training_arguments(conf, run_dir, eval_ds is not None)
     callbacks = [_StopAfter(conf.train.stop_after_steps)] if conf.train.stop_after_steps else []
+    behaviour = _behaviour_callback(conf, manifest, tokenizer, vocab)
+    if behaviour is not None:
+        callbacks.append(behaviour)
     trainer = DuplexTrainer(
         model=model,
         args=args,
@@ -205,6 +211,8 @@ def run_sft(conf, run_dir: Path) -> dict:
         callbacks=callbacks,
         loss_weights=conf.train.loss_weights.table(),
     )
+    if behaviour is not None:
+        behaviour.trainer = trainer
     resume = last_checkpoint(run_dir) if conf.run.resume else None
     if conf.run.resume and resume is None:
         log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
@@ -231,16 +239,61 @@ def run_sft(conf, run_dir: Path) -> dict:
         "train_sequences": len(train_ds),
         "data": manifest["name"],
         **{k: round(v, 4) for k, v in metrics.items()},
+        **(behaviour.last if behaviour is not None and not stopped_early else {}),
         "checkpoint": str(final) if not stopped_early else None,
         "log_history": trainer.state.log_history,
     }
     if is_main_process():
         if not stopped_early:
             tokenizer.save_pretrained(final)
+            # what decoding needs to know about the data the model learnt
+            write_json(
+                final / "duplex.json",
+                {
+                    "format": {**manifest["layout"], "silence_codes": manifest["silence_codes"]},
+                    "data": manifest["name"],
+                    "stage": "sft",
+                },
+            )
         write_json(run_dir / "summary.json", summary)
         short = {k: v for k, v in summary.items() if k != "log_history"}
         print("SFT summary: " + json.dumps(short, indent=1))
     return summary
+
+
+def _behaviour_callback(conf, manifest: dict, tokenizer, vocab):
+    """The in-training behaviour evaluation, when asked for and when held-out scripts exist."""
+    n = conf.train.behaviour_dialogues
+    if n <= 0:
+        return None
+    if conf.data.eval_scripts is None and manifest["name"] != "demo":
+        log.info("no data.eval_scripts: behaviour evaluation during training is off")
+        return None
+    from bayling_duplex.decoder import DecodeConfig
+    from bayling_duplex.evalset import EvalSetConfig, build_eval_items
+    from bayling_duplex.evaluation import behaviour_callback
+    from bayling_duplex.recipe import FormatConfig
+
+    quarter = max(1, n // 4)
+    src = (
+        {"source": "demo"}
+        if conf.data.eval_scripts is None
+        else {"source": "scripts_jsonl", "path": conf.data.eval_scripts}
+    )
+    evalset = EvalSetConfig(
+        **src,
+        turn_taking=quarter,
+        interruption=quarter,
+        backchannel=quarter,
+        hesitation=n - 3 * quarter,
+    )
+    spec = FormatConfig(**{**manifest["layout"], "silence_codes": manifest["silence_codes"]}).spec()
+    items = build_eval_items(
+        evalset, spec, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    )
+    return behaviour_callback(
+        items, tokenizer, vocab, spec.layout, DecodeConfig(), conf.train.batch_size
+    )
 
 
 def _configure_wandb(conf, run_dir: Path) -> None:

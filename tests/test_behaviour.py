@@ -1,0 +1,154 @@
+"""Behaviour metrics on hand-built responses, the evaluation sets, and the eval command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bayling_duplex.behaviour import EvalItem, judge, summarize
+from bayling_duplex.interleave import FormatSpec, ResponseEvent
+from bayling_duplex.layout import BlockLayout
+
+L = BlockLayout(10, 5)  # slot = 2 frames = 0.16 s; slot k·5+j starts at ((k+1)·10 + 2j)·0.08 s
+
+
+def ev(speak_slot: int, epad_slot: int | None, text=(7,)) -> ResponseEvent:
+    return ResponseEvent(speak_slot, epad_slot, tuple(text))
+
+
+def never_correct(key, ids) -> bool:
+    return False
+
+
+def test_slot_times():
+    assert L.slot_start_s(0) == pytest.approx(0.8)
+    assert L.slot_start_s(7) == pytest.approx((20 + 4) * 0.08)
+
+
+@pytest.mark.parametrize(
+    ("slot", "taken"),
+    [(10, "success"), (9, "early"), (28, "success"), (29, "late"), (None, "none")],
+)
+def test_turn_taking_classes(slot, taken):
+    # turn [5, 30): ends at 2.4 s = slot 10 (block 2, slot 0); the 3 s window ends at 5.4 s:
+    # slot 28 starts at (60 + 6)·0.08 = 5.28 s, slot 29 at 5.44 s
+    item = EvalItem("t", "turn_taking", 100, ((5, 30),))
+    events = [] if slot is None else [ev(slot, slot + 3)]
+    assert judge(item, events, never_correct, L).taken == taken
+
+
+def test_response_before_the_turn_is_not_its_onset():
+    item = EvalItem("t", "turn_taking", 100, ((30, 40),))
+    out = judge(item, [ev(0, 2), ev(15, 18)], never_correct, L)
+    assert out.onset_s == pytest.approx(L.slot_start_s(15)) and out.taken == "success"
+
+
+def test_interruption_success_and_overlap():
+    # response playing from slot 10 (2.4 s); the user interrupts at frame 36 (2.88 s);
+    # [EPAD] at slot 15 = the next block boundary (3.2 s): the fastest possible stop
+    item = EvalItem("i", "interruption", 100, ((0, 18), (36, 55)))
+    ok = judge(item, [ev(10, 15)], never_correct, L)
+    assert ok.speaking_at_interruption and ok.interrupted_ok and ok.overlap_s == pytest.approx(0.32)
+    late = judge(
+        item, [ev(10, 40)], never_correct, L
+    )  # slot 40 = block 8: 7.2 s, 4.32 s after the onset
+    assert late.interrupted_ok is False and late.overlap_s == pytest.approx(4.32)
+    never = judge(item, [ev(10, None)], never_correct, L)
+    assert never.interrupted_ok is False and never.overlap_s is None
+    silent = judge(item, [], never_correct, L)
+    assert silent.speaking_at_interruption is False and silent.interrupted_ok is None
+
+
+def test_backchannel_and_hesitation():
+    bc = EvalItem("b", "backchannel", 100, ((0, 18),), backchannel=(30, 33))
+    assert judge(bc, [ev(10, 40)], never_correct, L).backchannel_kept is True
+    assert (
+        judge(bc, [ev(10, 16)], never_correct, L).backchannel_kept is False
+    )  # stops at 3.36 s < 2.64 + 0.8
+    hes = EvalItem("h", "hesitation", 100, ((0, 40),), pause=(12, 24))
+    assert (
+        judge(hes, [ev(10, 14)], never_correct, L).hesitation_kept is False
+    )  # starts at 2.4 s inside the turn
+    assert judge(hes, [ev(30, 34)], never_correct, L).hesitation_kept is True
+
+
+def test_summary_rates():
+    item = EvalItem("t", "turn_taking", 100, ((5, 30),), answer_keys=("x",))
+    outs = [judge(item, [ev(10, 12)], lambda k, ids: True, L), judge(item, [], never_correct, L)]
+    s = summarize(outs)
+    assert s["turn_taking"]["SR@3s"] == 0.5 and s["turn_taking"]["no_response_rate"] == 0.5
+    assert s["answer_accuracy"] == 0.5
+
+
+def test_eval_sets_follow_the_synthesis_rules(tiny_backbone):
+    from bayling_duplex.evalset import EvalSetConfig, build_eval_items
+
+    _, tok, _ = tiny_backbone
+    spec = FormatSpec(L, (0,))
+    cfg = EvalSetConfig(turn_taking=3, interruption=3, backchannel=3, hesitation=3)
+    items = build_eval_items(
+        cfg, spec, lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
+    )
+    assert len(items) == 12
+    for item, codes in items:
+        assert len(codes) == item.num_frames and item.num_frames % 10 == 0
+        assert item.num_frames >= item.turns[-1][1] + round(cfg.tail_s * 12.5)
+        if item.scenario == "hesitation":
+            s, e = item.pause
+            assert (
+                item.turns[0][0] < s < e < item.turns[0][1]
+                and (codes[s:e] == 0).all()
+                and e - s >= 7
+            )
+        if item.scenario == "backchannel":
+            assert item.backchannel is not None
+        if item.scenario == "interruption":
+            assert len(item.turns) == 2
+    again = build_eval_items(
+        cfg, spec, lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
+    )
+    assert [i.id for i, _ in again] == [i.id for i, _ in items]
+
+
+def test_eval_command_on_untrained_model(tmp_path):
+    args = [
+        "checkpoint=untrained",
+        "compare_untrained=false",
+        "evalset.turn_taking=2",
+        "evalset.interruption=2",
+        "evalset.backchannel=1",
+        "evalset.hesitation=1",
+        "plots=4",
+        "run.name=t",
+        "model.tiny.hidden_size=32",
+        "model.tiny.intermediate_size=64",
+        "model.tiny.num_heads=2",
+        "model.tiny.num_kv_heads=1",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "bayling_duplex.eval", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "runs" / "eval" / "t"
+    report = json.loads((out / "report.json").read_text())
+    assert report["untrained"]["summary"]["dialogues"] == 6
+    assert "SR@3s" in (out / "summary.md").read_text()
+    assert (out / "latency.png").stat().st_size > 0 and (out / "timelines.png").stat().st_size > 0
+
+
+def test_eval_without_checkpoint_says_how_to_train(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "bayling_duplex.eval", "run.name=t"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2 and "python -m bayling_duplex.train sft" in res.stderr
