@@ -17,6 +17,7 @@ sees a half-written one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -35,6 +36,7 @@ from bayling_duplex.recipe import RecipeConfig, SourceConfig, fingerprint, vocab
 from bayling_duplex.records import (
     RecordError,
     Script,
+    Timeline,
     read_jsonl,
     script_from_json,
     timeline_from_json,
@@ -155,19 +157,26 @@ def _text_ids(texts: list[str]) -> list[list[int]]:
     return _W["tok"](texts, add_special_tokens=False)["input_ids"]
 
 
-def _timelines(record, recipe: RecipeConfig, partner):
-    """The timelines of one source record (a timeline passes through)."""
+def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, list[list[int]]]]:
+    """The timelines of one source record, each with its responses' text ids.
+
+    A timeline passes through. A script's answers are tokenized once: response
+    ``i`` of a synthesised timeline is turn ``i``'s answer, so its ids are reused
+    for interleaving instead of tokenizing the same texts again.
+    """
     if not isinstance(record, Script):
-        return [record]
+        return [(record, _text_ids([r.text for r in record.responses]))]
+    own = _text_ids([t.assistant_text for t in record.turns])
     out = []
     for scenario in recipe.synthesis.scenarios_for(record_rng(recipe.synthesis.seed, record.id)):
-        script = record
+        script, ids = record, own
         if scenario == "interruption" and len(record.turns) < 2 and partner is not None:
             script = with_partner(record, partner)
-        ids = _text_ids([t.assistant_text for t in script.turns])
-        out.append(
-            synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], _W["backchannels"])
-        )
+            ids = own + _text_ids([partner.assistant_text])
+        t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], _W["backchannels"])
+        if recipe.synthesis.mode == "each":  # one timeline per scenario: keep ids unique
+            t = dataclasses.replace(t, id=f"{record.id}:{scenario}")
+        out.append((t, ids[: len(t.responses)]))
     return out
 
 
@@ -190,8 +199,8 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
         nxt = records[(n + 1) % len(records)]
         partner = nxt.turns[0] if isinstance(nxt, Script) and nxt is not record else None
         try:
-            for t in _timelines(record, recipe, partner):
-                seq = interleave(t, _text_ids([r.text for r in t.responses]), spec, vocab)
+            for t, text_ids in _timelines(record, recipe, partner):
+                seq = interleave(t, text_ids, spec, vocab)
                 check_sequence(seq, spec.layout, vocab)
                 ids_parts.append(seq.input_ids.astype(np.int32))
                 cls_parts.append(seq.classes)

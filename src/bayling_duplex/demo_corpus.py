@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 from bayling_duplex.records import Script, ScriptTurn
 from bayling_duplex.speech_codec import ToyCodec
@@ -142,6 +142,7 @@ def qa_pairs(split: str) -> tuple[tuple[str, str], ...]:
     return tuple(p for p in _all_pairs() if (_stable(p[0]) % HELDOUT_EVERY == 0) == held)
 
 
+@lru_cache(maxsize=4096)  # ~700 distinct pairs: the codec need not run per dialogue
 def demo_turn(question: str, answer: str, codec: ToyCodec) -> ScriptTurn:
     user_codes, word_ends = codec.encode(question)
     answer_codes, _ = codec.encode(answer)

@@ -112,7 +112,7 @@ def _frames(rng: random.Random, lo_hi: list[float], frame_rate_hz: float) -> int
 
 
 def _with_pause(turn: ScriptTurn, pause: int, rng: random.Random, spec: FormatSpec, at_frame: int):
-    """User codes with a silent pause at a word end; returns (codes, pause_start offset)."""
+    """``turn``'s user codes with ``pause`` frames of silence inserted at a word end."""
     ends = [e for e in turn.user_word_ends if 0 < e < len(turn.user_codes)]
     cut = rng.choice(ends) if ends else len(turn.user_codes) // 2
     silence = spec.silence(at_frame + cut, at_frame + cut + pause)
@@ -217,12 +217,15 @@ def _place(rid, turns, ids, scenario, cfg, spec, backchannels) -> Timeline:
         end = max(end, e, u_end, layout.slot_start_frame(prev_epad_slot) + 1)
         u_start = max(next_start, u_end)
     num_frames = end + max(1, _frames(rng, cfg.tail_silence_s, rate))
-    sil = spec.silence(0, num_frames)
-    user_codes = tuple(user.get(f, int(sil[f])) for f in range(num_frames))
+    user_codes = spec.silence(0, num_frames).tolist()  # then the speech over it
+    for f, c in user.items():
+        user_codes[f] = c
     segments.sort(key=lambda seg: seg.start_frame)
     scenario_label = scenario
     if scenario == "interruption" and not any(r.interrupted for r in responses):
         scenario_label = "turn_taking"  # the sampled point fell in the answer's last block
     if scenario == "backchannel" and not any(s.kind == "backchannel" for s in segments):
         scenario_label = "turn_taking"
-    return Timeline(rid, num_frames, user_codes, tuple(segments), tuple(responses), scenario_label)
+    return Timeline(
+        rid, num_frames, tuple(user_codes), tuple(segments), tuple(responses), scenario_label
+    )
