@@ -199,7 +199,9 @@ def test_single_turn_scripts_borrow_a_partner_turn(tokenizer_dir, tiny_backbone,
     assert m["splits"]["train"]["sequences"] == 12  # two timelines per script
     ds = load_split(tmp_path / "built", "train")
     # one timeline per scenario, each with its own id
-    assert sorted(ds["id"]) == sorted(f"{s.id}:{sc}" for s in scripts for sc in ("turn_taking", "interruption"))
+    assert sorted(ds["id"]) == sorted(
+        f"{s.id}:{sc}" for s in scripts for sc in ("turn_taking", "interruption")
+    )
     partnered = 0
     for row in ds:
         k = int(row["id"].split(":")[0][1:])
