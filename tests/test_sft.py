@@ -172,7 +172,9 @@ def test_missing_data_names_the_build_command(tmp_path):
     from bayling_duplex.sft import run_sft
 
     conf = sft_conf(tmp_path / "nowhere", "data.build_if_missing=false")
-    with pytest.raises(DataMismatchError, match=r"python -m bayling_duplex\.data build recipe=demo"):
+    with pytest.raises(
+        DataMismatchError, match=r"python -m bayling_duplex\.data build recipe=demo"
+    ):
         run_sft(conf, tmp_path / "run")
 
 
