@@ -63,15 +63,19 @@ def test_interruption_success_and_overlap():
 
 
 def test_backchannel_and_hesitation():
-    bc = EvalItem("b", "backchannel", 100, ((0, 18),), backchannel=(30, 33))
+    # backchannel at frame 30 (2.4 s): an interruption there would cut at frame 40 (3.2 s = slot 15)
+    bc = EvalItem("b", "backchannel", 100, ((0, 18),), backchannel=(30, 33), answer_end=48)
     assert judge(bc, [ev(10, 40)], never_correct, L).backchannel_kept is True
     assert (
-        judge(bc, [ev(10, 16)], never_correct, L).backchannel_kept is False
-    )  # stops at 3.36 s < 2.64 + 0.8
+        judge(bc, [ev(10, 16)], never_correct, L).backchannel_kept is True
+    )  # 3.36 s: past the cut
+    assert judge(bc, [ev(10, 15)], never_correct, L).backchannel_kept is False  # stopped like a cut
+    natural = EvalItem("n", "backchannel", 100, ((0, 18),), backchannel=(30, 33), answer_end=39)
+    assert judge(natural, [ev(10, 15)], never_correct, L).backchannel_kept is None  # not telling
     hes = EvalItem("h", "hesitation", 100, ((0, 40),), pause=(12, 24))
     assert (
         judge(hes, [ev(10, 14)], never_correct, L).hesitation_kept is False
-    )  # starts at 2.4 s inside the turn
+    )  # 2.4 s: inside the turn
     assert judge(hes, [ev(30, 34)], never_correct, L).hesitation_kept is True
 
 

@@ -11,7 +11,9 @@ slot ``j`` of output block ``k`` starts at ``((k+1)·B + j·B/T) × 80 ms``.
 * ISR@2s — the response playing at an interruption's onset has its ``[EPAD]``
   at most 2 s after that onset; overlap is ``[EPAD]`` time minus onset;
 * backchannel robustness — the response playing when a backchannel starts
-  does not stop before the backchannel is over plus one block;
+  is not cut by it: its ``[EPAD]`` comes after the block boundary where an
+  interruption at that onset would have cut it (judged only where the reference
+  answer runs past that boundary, so a natural end cannot pass for a cut);
 * hesitation robustness — no response starts inside the pause of a turn.
 """
 
@@ -36,6 +38,7 @@ class EvalItem:
     answer_keys: tuple[str, ...] = ()  # per turn: the reference answer to find in the text
     backchannel: tuple[int, int] | None = None
     pause: tuple[int, int] | None = None  # hesitation pause [start, end) inside turns[0]
+    answer_end: int | None = None  # frame where the reference answer to turns[0] ends
 
 
 @dataclass
@@ -102,10 +105,12 @@ def judge(
             out.overlap_s = None if stop is None else stop - u_s
             out.interrupted_ok = stop is not None and stop - u_s <= isr_s
     if item.backchannel is not None:
-        b_s, b_e = item.backchannel[0] * fr, item.backchannel[1] * fr
+        B = layout.frames_per_block
+        cut = (item.backchannel[0] // B + 1) * B  # where an interruption would cut (format §6)
+        b_s = item.backchannel[0] * fr
         playing = next(((s, e) for s, e, _ in times if s <= b_s and (e is None or e > b_s)), None)
-        if playing is not None:
-            out.backchannel_kept = playing[1] is None or playing[1] >= b_e + layout.block_s
+        if playing is not None and (item.answer_end is None or item.answer_end > cut):
+            out.backchannel_kept = playing[1] is None or playing[1] > cut * fr
     if item.pause is not None:
         p_s = item.pause[0] * fr
         out.hesitation_kept = not any(p_s <= s < t_end for s, _, _ in times)

@@ -123,6 +123,7 @@ def build_eval_items(
                         tuple(keys[p] for p in picks),
                         bc,
                         pause,
+                        t.responses[0].end_frame,
                     ),
                     codes,
                 )

@@ -55,6 +55,7 @@ def evaluate_model(
         events = response_events(r.text_ids, vocab)
         o = judge(item, events, is_correct, layout)
         o.extra = {
+            "item": asdict(item),
             "responses": [
                 [
                     layout.slot_start_s(e.speak_slot),
@@ -62,7 +63,7 @@ def evaluate_model(
                     text_of(e.text_ids),
                 ]
                 for e in events
-            ]
+            ],
         }
         outcomes.append(o)
         decoded.append(r)
