@@ -135,6 +135,9 @@ def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
 
     _W["codec"] = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
     _W["backchannels"] = _load_backchannels(recipe, _W["codec"])
+    from bayling_duplex.mixer import WaveformMixer
+
+    _W["mixer"] = WaveformMixer.for_recipe(recipe)  # None unless recipe.waveform.level=waveform
 
 
 def _load_backchannels(recipe: RecipeConfig, codec):
@@ -174,6 +177,8 @@ def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, li
             script = with_partner(record, partner)
             ids = own + _text_ids([partner.assistant_text])
         t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], _W["backchannels"])
+        if _W.get("mixer"):  # waveform level: mix the audio on this timeline, tokenize the channels
+            t = _W["mixer"].render(t, script)
         if recipe.synthesis.mode == "each":  # one timeline per scenario: keep ids unique
             t = dataclasses.replace(t, id=f"{record.id}:{scenario}")
         out.append((t, ids[: len(t.responses)]))
@@ -190,6 +195,8 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
     rejected: list[dict] = []
     scenarios: Counter = Counter()
     records = list(_source_records(src, task, _W["codec"], recipe.synthesis.seed))
+    if _W.get("mixer"):
+        _W["mixer"].index_shard(src.path, task.byte_offset, task.count)
     for n, record in enumerate(records):
         if isinstance(record, RecordError):
             rejected.append(

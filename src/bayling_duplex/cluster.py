@@ -17,6 +17,7 @@ def export_submitit_env() -> bool:
         return False
     from submitit.helpers import TorchDistributedEnvironment
 
-    # CUDA_VISIBLE_DEVICES stays as Slurm set it; LOCAL_RANK picks the device
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # CUDA_VISIBLE_DEVICES stays as Slurm set it (LOCAL_RANK picks the device); a
+    # MASTER_PORT/ADDR passed on from the submitting shell is taken as chosen
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return True

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bayling_duplex.interleave import FormatSpec
 from bayling_duplex.layout import BlockLayout
+from bayling_duplex.mixer import WaveformConfig
 from bayling_duplex.synthesis import SynthesisConfig
 from bayling_duplex.vocab import DuplexVocab
 
@@ -114,6 +115,8 @@ class RecipeConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    # codes (compose the tokenized clips) or waveform (mix the audio, then tokenize): mixer.py
+    waveform: WaveformConfig = field(default_factory=WaveformConfig)
     # backchannel clips for real data: JSON lines of {"text", "codes"}; demo uses the toy codec's
     backchannels_path: str | None = None
     shard_size: int = 1000  # dialogues (source records) per shard

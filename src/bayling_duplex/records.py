@@ -1,4 +1,4 @@
-"""Typed dialogue records and their JSON-lines form (schema version 1, docs/data-schema.md).
+"""Typed dialogue records and their JSON-lines form (schema version 1, docs/data.md).
 
 Two record kinds:
 

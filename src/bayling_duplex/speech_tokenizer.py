@@ -371,15 +371,21 @@ def load_speech_tokenizer(
     return SpeechTokenizer(model=model, feature_extractor=extractor)
 
 
-def load_audio(path: str | PathLike[str], target_sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(
+    path: str | PathLike[str], target_sr: int = SAMPLE_RATE, channel: int | None = None
+) -> np.ndarray:
     """Read an audio file as mono float32 ``(samples,)`` at ``target_sr`` Hz.
 
     Channels are averaged (as BayLing-Duplex's ``tokenize_audio`` does; GLM-4-Voice's
-    script keeps the first channel) and resampled with torchaudio's default sinc
+    script keeps the first channel), or only ``channel`` is kept (0-based: one side of
+    a two-channel recording), and resampled with torchaudio's default sinc
     resampler, the one GLM-4-Voice uses.
     """
     data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    wav = torch.from_numpy(data.mean(axis=1))
+    if channel is not None and not 0 <= channel < data.shape[1]:
+        raise ValueError(f"{path} has {data.shape[1]} channel(s), channel {channel} asked for")
+    mono = data.mean(axis=1) if channel is None else np.ascontiguousarray(data[:, channel])
+    wav = torch.from_numpy(mono)
     if sample_rate != target_sr:
         wav = AF.resample(wav, orig_freq=sample_rate, new_freq=target_sr)
     return wav.numpy().astype(np.float32, copy=False)
