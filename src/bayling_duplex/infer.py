@@ -182,7 +182,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--input", required=True, help=".jsonl / .json / whitespace-separated codes")
     p.add_argument("--out", default="-", help="output JSONL (default: stdout)")
-    p.add_argument("--ratio", default=BlockLayout().ratio, help="block layout B:T:B")
+    p.add_argument(
+        "--ratio",
+        default=None,
+        help="block layout B:T:B (default: the checkpoint's duplex.json, else 10:5:10)",
+    )
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument(
@@ -203,6 +207,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def checkpoint_ratio(checkpoint: Path) -> str:
+    """The ``B:T:B`` a checkpoint was trained with (its ``duplex.json``), else the default."""
+    meta = checkpoint / "duplex.json"
+    if meta.is_file():
+        fmt = json.loads(meta.read_text())["format"]
+        return BlockLayout(fmt["frames_per_block"], fmt["slots_per_block"], fmt["frame_rate_hz"]).ratio
+    return BlockLayout().ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             max_epad=args.max_epad,
             seed=args.seed,
         )
-        layout = BlockLayout.parse(args.ratio)
+        layout = BlockLayout.parse(args.ratio or checkpoint_ratio(Path(args.checkpoint)))
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
         # 2. input file
