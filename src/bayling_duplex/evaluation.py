@@ -192,6 +192,14 @@ def _plots(
         fr = layout.frame_s
         for s, e in item.turns:
             ax.barh(1, (e - s) * fr, left=s * fr, color="tab:blue", height=0.6)
+        if item.pause:  # the hesitation pause inside the turn
+            ax.barh(
+                1,
+                (item.pause[1] - item.pause[0]) * fr,
+                left=item.pause[0] * fr,
+                color="white",
+                height=0.62,
+            )
         if item.backchannel:
             ax.barh(
                 1,
