@@ -33,7 +33,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 6.0
+    epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 16  # per device
     grad_accum: int = 1
@@ -44,7 +44,8 @@ class TrainConfig:
     logging_steps: int = 20
     save_steps: int = 500
     save_total_limit: int = 2
-    eval_steps: int = 500  # held-out per-channel loss every this many steps (0: only at the end)
+    # held-out losses (and behaviour) every this many steps (0: only at the end)
+    eval_steps: int = 250
     eval_dialogues: int = 200  # held-out dialogues for that loss
     # behaviour evaluation (SR@3s, ISR@2s …) on this many held-out dialogues at each
     # evaluation, split over the four sets; 0 turns it off
