@@ -54,16 +54,6 @@ class SftConfig:
 
 
 @dataclass
-class DpoConfig:
-    stage: str = "dpo"
-    run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    data: TrainDataConfig = field(default_factory=TrainDataConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-
-
-@dataclass
 class BuildConfig:
     """``python -m bayling_duplex.data build``: a recipe built with a tokenizer into a folder."""
 
@@ -95,6 +85,12 @@ class RenderConfig:
     cache_dir: str = "data/.backbones"
 
 
+def _dpo_config() -> type:
+    from bayling_duplex.dpo import DpoConfig  # next to its stage, like the other components
+
+    return DpoConfig
+
+
 def _eval_config() -> type:
     from bayling_duplex.eval import EvalConfig  # next to its command, like the other components
 
@@ -103,7 +99,7 @@ def _eval_config() -> type:
 
 ROOTS: dict[str, type] = {
     "sft": SftConfig,
-    "dpo": DpoConfig,
+    "dpo": _dpo_config(),
     "build": BuildConfig,
     "render": RenderConfig,
     "eval": _eval_config(),
