@@ -212,7 +212,9 @@ def checkpoint_ratio(checkpoint: Path) -> str:
     meta = checkpoint / "duplex.json"
     if meta.is_file():
         fmt = json.loads(meta.read_text())["format"]
-        return BlockLayout(fmt["frames_per_block"], fmt["slots_per_block"], fmt["frame_rate_hz"]).ratio
+        return BlockLayout(
+            fmt["frames_per_block"], fmt["slots_per_block"], fmt["frame_rate_hz"]
+        ).ratio
     return BlockLayout().ratio
 
 
