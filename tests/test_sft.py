@@ -88,7 +88,11 @@ def test_weighted_loss_matches_plain_ce_and_zero_removes_a_class():
     logits = torch.randn(2, 6, 11)
     ids = torch.randint(0, 11, (2, 6))
     classes = torch.tensor([[0, 1, 3, 4, 5, 2], [0, 0, 1, 1, 4, 4]], dtype=torch.int8)
-    ce = token_losses(logits, ids)
+    # reference: plain CE of position i against token i+1
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none"
+    ).view(2, 5)
+    torch.testing.assert_close(token_losses(logits, ids)[:, :-1], ce)
     target = classes[:, 1:] != TokenClass.USER_AUDIO
     assert torch.isclose(
         weighted_loss(logits, ids, classes, LossWeights().table()), ce[target].mean()

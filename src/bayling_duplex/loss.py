@@ -46,12 +46,18 @@ class LossWeights:
 
 
 def token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy ``[batch, seq-1]`` (position ``i`` predicts token ``i+1``), float32."""
+    """Next-token cross-entropy ``[batch, seq]``: position ``i`` predicts token ``i+1``; the last is 0.
+
+    The targets are shifted rather than the logits, so the (large) logits tensor
+    is never copied; it is upcast to float32 only if it is not already.
+    """
+    targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
     return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        input_ids[:, 1:].reshape(-1),
+        logits.float().view(-1, logits.shape[-1]),
+        targets.reshape(-1),
         reduction="none",
-    ).view(input_ids.shape[0], -1)
+        ignore_index=-100,
+    ).view(input_ids.shape)
 
 
 def weighted_loss(
@@ -61,7 +67,7 @@ def weighted_loss(
 
     The target of position ``i`` is token ``i+1``, so its weight is that of class ``i+1``.
     """
-    w = weights.to(logits.device)[classes[:, 1:].long()]
+    w = F.pad(weights.to(logits.device)[classes[:, 1:].long()], (0, 1))
     ce = token_losses(logits, input_ids)
     return (ce * w).sum() / w.sum().clamp_min(1e-8)
 
@@ -71,7 +77,7 @@ def channel_loss_sums(
 ) -> dict[str, torch.Tensor]:
     """Unweighted CE sums and counts per channel, for held-out per-channel losses."""
     ce = token_losses(logits, input_ids)
-    tgt = classes[:, 1:]
+    tgt = F.pad(classes[:, 1:], (0, 1), value=int(TokenClass.USER_AUDIO))
     out = {}
     for name, members in (("text", TEXT_CHANNEL), ("audio", AUDIO_CHANNEL)):
         mask = torch.zeros_like(tgt, dtype=torch.bool)
