@@ -356,3 +356,29 @@ def test_cli_build_and_render(tmp_path, tiny_cache):
     assert r.returncode == 0, r.stderr
     assert "| block k | user frames | X_k | assistant frames |" in r.stdout
     assert "<|assistant|>" in r.stdout and "[EPAD]" in r.stdout
+
+
+@pytest.mark.parametrize("hf_format", ["disk", "json"])
+def test_hugging_face_sources_from_local_files(tokenizer_dir, tmp_path, hf_format):
+    """Scripts stored as a Hugging Face dataset (save_to_disk folder or json files) build like JSON lines."""
+    from bayling_duplex.demo_corpus import demo_script
+    from bayling_duplex.records import script_to_json, write_jsonl
+    from bayling_duplex.speech_codec import ToyCodec
+
+    scripts = [script_to_json(demo_script("train", i, 0, ToyCodec())) for i in range(8)]
+    if hf_format == "disk":
+        path = tmp_path / "hf"
+        datasets.Dataset.from_list(scripts).save_to_disk(str(path))
+    else:
+        path = tmp_path / "scripts.json"
+        write_jsonl(path, scripts)
+    recipe = RecipeConfig(
+        name="hf",
+        train=SourceConfig(kind="hf_scripts", path=str(path), count=None, hf_format=hf_format),
+        synthesis=SynthesisConfig(mix=ScenarioMix(turn_taking=1.0, interruption=0.0)),
+        shard_size=5,
+    )
+    m = build(recipe, tokenizer_dir, tmp_path / "built")
+    train = m["splits"]["train"]
+    assert (train["records"], train["sequences"], train["rejected"]) == (8, 8, 0)
+    assert sorted(load_split(tmp_path / "built", "train")["id"]) == sorted(s["id"] for s in scripts)
