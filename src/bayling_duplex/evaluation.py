@@ -175,7 +175,8 @@ def _plots(
     ax.set_xlabel("response onset − turn end (s)")
     ax.set_ylabel("dialogues")
     ax.set_title("Turn-taking latency")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=120)
     plt.close(fig)
