@@ -161,20 +161,18 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-class _StopAfter:
-    """Callback: save and stop at a given step (a run that dies mid-way, for resume tests)."""
+def stop_after(step: int):
+    """A callback that saves and stops at ``step``: a run that dies mid-way, for resume tests."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, step: int):
-        from transformers import TrainerCallback
+    class StopAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
 
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step >= step:
-                    control.should_save = True
-                    control.should_training_stop = True
-                return control
-
-        return Stop()
+    return StopAfter()
 
 
 def run_sft(conf, run_dir: Path) -> dict:
@@ -198,7 +196,7 @@ def run_sft(conf, run_dir: Path) -> dict:
         model = apply_lora(model, conf.lora, list(vocab.control_ids))
     # 4. trainer
     args = training_arguments(conf, run_dir, eval_ds is not None)
-    callbacks = [_StopAfter(conf.train.stop_after_steps)] if conf.train.stop_after_steps else []
+    callbacks = [stop_after(conf.train.stop_after_steps)] if conf.train.stop_after_steps else []
     behaviour = _behaviour_callback(conf, manifest, tokenizer, vocab)
     if behaviour is not None:
         callbacks.append(behaviour)
