@@ -38,3 +38,19 @@ def build_small_demo(
     if not (out / "manifest.json").is_file():
         build_dataset(conf)
     return out
+
+
+def save_tiny_sft(conf, root: Path, final: Path) -> Path:
+    """The extended tiny backbone of ``conf`` saved into ``final`` as a trained SFT run saves it."""
+    import json
+
+    from bayling_duplex.backbone import load_backbone
+    from bayling_duplex.config import plain
+    from bayling_duplex.recipe import FormatConfig
+
+    model, tok, _ = load_backbone(conf.model, conf.vocab, root / "cache")
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    meta = {"format": plain(FormatConfig()), "data": "demo", "stage": "sft"}
+    (final / "duplex.json").write_text(json.dumps(meta))
+    return final

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import compose_conf
+from helpers import compose_conf, save_tiny_sft
 
 from bayling_duplex.dpo import TRL_LOSS_TYPES, PreferenceCollator, trainer_class
 
@@ -40,18 +40,8 @@ SMALL_RUN = [
 @pytest.fixture(scope="module")
 def sft_final(tmp_path_factory):
     """A tiny "SFT checkpoint": the extended tiny backbone saved as a trained run saves it."""
-    from bayling_duplex.backbone import load_backbone
-    from bayling_duplex.config import plain
-    from bayling_duplex.recipe import FormatConfig
-
     root = tmp_path_factory.mktemp("dpo-sft")
-    conf = compose_conf("dpo", TINY)
-    model, tok, _ = load_backbone(conf.model, conf.vocab, root / "cache")
-    final = root / "runs" / "sft" / "tiny" / "final"
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
-    meta = {"format": plain(FormatConfig()), "data": "demo", "stage": "sft"}
-    (final / "duplex.json").write_text(json.dumps(meta))
+    final = save_tiny_sft(compose_conf("dpo", TINY), root, root / "runs" / "sft" / "tiny" / "final")
     (final.parent / "summary.json").write_text("{}")
     return final
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import compose_conf
+from helpers import compose_conf, save_tiny_sft
 
 pytestmark = pytest.mark.slow
 
@@ -34,19 +34,8 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def sft_final(tmp_path_factory):
-    from bayling_duplex.backbone import load_backbone
-    from bayling_duplex.config import plain
-    from bayling_duplex.recipe import FormatConfig
-
     root = tmp_path_factory.mktemp("dpo-dist-sft")
-    conf = compose_conf("dpo", ARGS)
-    model, tok, _ = load_backbone(conf.model, conf.vocab, root / "cache")
-    final = root / "final"
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
-    meta = {"format": plain(FormatConfig()), "data": "demo", "stage": "sft"}
-    (final / "duplex.json").write_text(json.dumps(meta))
-    return final
+    return save_tiny_sft(compose_conf("dpo", ARGS), root, root / "final")
 
 
 def _torchrun(args: list[str], cwd: Path, port: int) -> dict:
