@@ -47,8 +47,8 @@ def demo_recipe(dialogues: int, shard_size: int | None):
     """``data_recipes/demo.yaml`` as a typed recipe, scaled to ``dialogues`` training dialogues."""
     from omegaconf import OmegaConf
 
-    from bayling_duplex.config import repo_root
-    from bayling_duplex.recipe import RecipeConfig
+    from bayling_duplex.cli.hydra import repo_root
+    from bayling_duplex.data.recipe import RecipeConfig
 
     raw = OmegaConf.load(repo_root() / "data_recipes" / "demo.yaml")
     raw.pop("defaults", None)
@@ -61,8 +61,8 @@ def demo_recipe(dialogues: int, shard_size: int | None):
 
 
 def tokenizer_and_vocab(cache_dir: str):
-    from bayling_duplex.backbone import ModelConfig, backbone_source, load_tokenizer
-    from bayling_duplex.vocab import VocabConfig, extend_tokenizer, resolve_vocab
+    from bayling_duplex.format.vocab import VocabConfig, extend_tokenizer, resolve_vocab
+    from bayling_duplex.model.backbone import ModelConfig, backbone_source, load_tokenizer
 
     path = backbone_source(ModelConfig(), cache_dir)
     tok = load_tokenizer(path)
@@ -79,10 +79,10 @@ def peak_rss_mib(who: int) -> float:
 
 def per_core(n: int, cache_dir: str) -> dict[str, float]:
     """Dialogues/s in one process: the whole per-record pipeline, and interleaving alone."""
-    from bayling_duplex.demo_corpus import backchannel_clips, demo_script
-    from bayling_duplex.interleave import check_sequence, interleave
-    from bayling_duplex.speech_codec import ToyCodec
-    from bayling_duplex.synthesis import record_rng, synthesize
+    from bayling_duplex.audio.codec import ToyCodec
+    from bayling_duplex.data.demo import backchannel_clips, demo_script
+    from bayling_duplex.data.synthesis import record_rng, synthesize
+    from bayling_duplex.format.interleave import check_sequence, interleave
 
     recipe = demo_recipe(n, None)
     _, tok, vocab = tokenizer_and_vocab(cache_dir)
@@ -125,8 +125,8 @@ def per_core(n: int, cache_dir: str) -> dict[str, float]:
 
 def child_build(dialogues: int, workers: int, shard_size: int | None, out: str, cache: str):
     """One build in this (fresh) process; prints its figures as one JSON line."""
-    from bayling_duplex.build import run_build
-    from bayling_duplex.vocab import VocabConfig
+    from bayling_duplex.data.build import run_build
+    from bayling_duplex.format.vocab import VocabConfig
 
     recipe = demo_recipe(dialogues, shard_size)
     tokenizer_dir, _, _ = tokenizer_and_vocab(cache)

@@ -28,10 +28,11 @@ import time
 import numpy as np
 import torch
 
-from bayling_duplex.decoder import AudioBlock, DecodeConfig, DuplexDecoder
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.tiny_backbone import TinyConfig, build_tiny_model, build_tiny_tokenizer
-from bayling_duplex.vocab import DuplexVocab, VocabConfig, extend_vocabulary
+from bayling_duplex.decode.decoder import AudioBlock, DecodeConfig, DuplexDecoder
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.vocab import DuplexVocab, VocabConfig
+from bayling_duplex.model.embeddings import extend_vocabulary
+from bayling_duplex.model.tiny import TinyConfig, build_tiny_model, build_tiny_tokenizer
 
 LAYOUT = BlockLayout()
 CPU_MODELS = {

@@ -72,11 +72,11 @@ def bench_step(steps: int, batch: int, rounds: int) -> None:
     from helpers import build_small_demo
     from transformers import Trainer
 
-    from bayling_duplex.backbone import ModelConfig, load_backbone
-    from bayling_duplex.build import load_split
-    from bayling_duplex.collate import DuplexCollator
-    from bayling_duplex.trainer import DuplexTrainer
-    from bayling_duplex.vocab import VocabConfig
+    from bayling_duplex.data.build import load_split
+    from bayling_duplex.format.vocab import VocabConfig
+    from bayling_duplex.model.backbone import ModelConfig, load_backbone
+    from bayling_duplex.train.collate import DuplexCollator
+    from bayling_duplex.train.sft_trainer import DuplexTrainer
 
     tmp = Path(tempfile.mkdtemp())
     data = build_small_demo(
@@ -95,7 +95,7 @@ def bench_step(steps: int, batch: int, rounds: int) -> None:
     tokens = float(np.mean([len(x) for x in ds["input_ids"]])) * batch
     for _ in range(rounds):
         model, _, _ = load_backbone(ModelConfig(), VocabConfig(), tmp / "cache")
-        from bayling_duplex.loss import LossWeights
+        from bayling_duplex.train.loss import LossWeights
 
         ours += _timed_trainer(
             DuplexTrainer,
@@ -136,12 +136,12 @@ def lengths_400k_like(n: int, seed: int = 0) -> list[int]:
 def padding_report(batch: int) -> None:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from bayling_duplex.collate import real_token_share
+    from bayling_duplex.train.collate import real_token_share
 
     tmp = Path(tempfile.mkdtemp())
     from helpers import build_small_demo
 
-    from bayling_duplex.build import load_split
+    from bayling_duplex.data.build import load_split
 
     demo = load_split(
         build_small_demo(tmp / "demo", tmp / "cache", train=4000, heldout=4, shard_size=1000),
@@ -186,7 +186,7 @@ def bench_glm9b(seq: int, batch: int, steps: int) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, 168960, (batch, seq), device="cuda")
     classes = torch.randint(1, 6, (batch, seq), device="cuda", dtype=torch.int8)
-    from bayling_duplex.loss import LossWeights, weighted_loss
+    from bayling_duplex.train.loss import LossWeights, weighted_loss
 
     w = LossWeights().table().cuda()
     times = []

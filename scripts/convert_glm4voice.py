@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bayling_duplex.chatglm_checkpoint import convert_chatglm_dir, export_chatglm_dir
+from bayling_duplex.model.chatglm import convert_chatglm_dir, export_chatglm_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,8 +22,8 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_cache):
     """The default tiny backbone, extended: (model, tokenizer, vocab)."""
-    from bayling_duplex.backbone import ModelConfig, load_backbone
-    from bayling_duplex.vocab import VocabConfig
+    from bayling_duplex.format.vocab import VocabConfig
+    from bayling_duplex.model.backbone import ModelConfig, load_backbone
 
     return load_backbone(ModelConfig(), VocabConfig(), tiny_cache)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from bayling_duplex import schemas
-from bayling_duplex.config import config_dir, to_dataclass
+from bayling_duplex.cli import schemas
+from bayling_duplex.cli.hydra import config_dir, to_dataclass
 
 
 def compose_conf(root: str, overrides: list[str]):
@@ -22,7 +22,7 @@ def build_small_demo(
     out: Path, cache: Path, train: int = 48, heldout: int = 12, shard_size: int = 24
 ) -> Path:
     """The demo recipe at a small size, built once into ``out``."""
-    from bayling_duplex.data import build_dataset
+    from bayling_duplex.cli.data import build_dataset
 
     conf = compose_conf(
         "build",
@@ -44,9 +44,9 @@ def save_tiny_sft(conf, root: Path, final: Path) -> Path:
     """The extended tiny backbone of ``conf`` saved into ``final`` as a trained SFT run saves it."""
     import json
 
-    from bayling_duplex.backbone import load_backbone
-    from bayling_duplex.config import plain
-    from bayling_duplex.recipe import FormatConfig
+    from bayling_duplex.cli.hydra import plain
+    from bayling_duplex.data.recipe import FormatConfig
+    from bayling_duplex.model.backbone import load_backbone
 
     model, tok, _ = load_backbone(conf.model, conf.vocab, root / "cache")
     model.save_pretrained(final)

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from transformers import WhisperFeatureExtractor
 
-from bayling_duplex.speech_tokenizer import WhisperVQConfig, WhisperVQEncoder
+from bayling_duplex.audio.whisper_vq import WhisperVQConfig, WhisperVQEncoder
 
 SR = 16_000
 # The released structure (causal convolutions, 4 s block-causal attention, average

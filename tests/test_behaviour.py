@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from bayling_duplex.behaviour import EvalItem, judge, summarize
-from bayling_duplex.interleave import FormatSpec, ResponseEvent
-from bayling_duplex.layout import BlockLayout
+from bayling_duplex.eval.metrics import EvalItem, judge, summarize
+from bayling_duplex.format.interleave import FormatSpec, ResponseEvent
+from bayling_duplex.format.layout import BlockLayout
 
 L = BlockLayout(10, 5)  # slot = 2 frames = 0.16 s; slot k·5+j starts at ((k+1)·10 + 2j)·0.08 s
 
@@ -88,7 +88,7 @@ def test_summary_rates():
 
 
 def test_eval_sets_follow_the_synthesis_rules(tiny_backbone):
-    from bayling_duplex.evalset import EvalSetConfig, build_eval_items
+    from bayling_duplex.eval.dialogues import EvalSetConfig, build_eval_items
 
     _, tok, _ = tiny_backbone
     spec = FormatSpec(L, (0,))

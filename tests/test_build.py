@@ -12,13 +12,13 @@ import datasets  # imported before the build forks its workers, so each need not
 import numpy as np
 import pytest
 
-from bayling_duplex.backbone import ModelConfig, backbone_source
-from bayling_duplex.build import MANIFEST, PLAN, BuildError, load_split, run_build
-from bayling_duplex.interleave import DuplexSequence, check_sequence
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.recipe import RecipeConfig, SourceConfig
-from bayling_duplex.synthesis import SCENARIOS, ScenarioMix, SynthesisConfig
-from bayling_duplex.vocab import VocabConfig
+from bayling_duplex.data.build import MANIFEST, PLAN, BuildError, load_split, run_build
+from bayling_duplex.data.recipe import RecipeConfig, SourceConfig
+from bayling_duplex.data.synthesis import SCENARIOS, ScenarioMix, SynthesisConfig
+from bayling_duplex.format.interleave import DuplexSequence, check_sequence
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.vocab import VocabConfig
+from bayling_duplex.model.backbone import ModelConfig, backbone_source
 
 LAYOUT = BlockLayout(10, 5)
 
@@ -178,10 +178,10 @@ def test_non_empty_folder_without_plan_is_refused(tokenizer_dir, tmp_path):
 
 def test_single_turn_scripts_borrow_a_partner_turn(tokenizer_dir, tiny_backbone, tmp_path):
     """The paper's recipe shape: single-turn scripts, one timeline per scenario (``each``)."""
-    from bayling_duplex.demo_corpus import demo_turn, qa_pairs
-    from bayling_duplex.interleave import response_events, split_channels
-    from bayling_duplex.records import Script, script_to_json, write_jsonl
-    from bayling_duplex.speech_codec import ToyCodec
+    from bayling_duplex.audio.codec import ToyCodec
+    from bayling_duplex.data.demo import demo_turn, qa_pairs
+    from bayling_duplex.format.interleave import response_events, split_channels
+    from bayling_duplex.format.records import Script, script_to_json, write_jsonl
 
     _, tok, vocab = tiny_backbone
     codec = ToyCodec()
@@ -361,9 +361,9 @@ def test_cli_build_and_render(tmp_path, tiny_cache):
 @pytest.mark.parametrize("hf_format", ["disk", "json"])
 def test_hugging_face_sources_from_local_files(tokenizer_dir, tmp_path, hf_format):
     """Scripts stored as a Hugging Face dataset (save_to_disk folder or json files) build like JSON lines."""
-    from bayling_duplex.demo_corpus import demo_script
-    from bayling_duplex.records import script_to_json, write_jsonl
-    from bayling_duplex.speech_codec import ToyCodec
+    from bayling_duplex.audio.codec import ToyCodec
+    from bayling_duplex.data.demo import demo_script
+    from bayling_duplex.format.records import script_to_json, write_jsonl
 
     scripts = [script_to_json(demo_script("train", i, 0, ToyCodec())) for i in range(8)]
     if hf_format == "disk":

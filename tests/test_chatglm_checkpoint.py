@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmForCausalLM
 
-from bayling_duplex.chatglm_checkpoint import (
+from bayling_duplex.model.chatglm import (
     chatglm_config_to_glm,
     chatglm_state_dict_to_glm,
     convert_chatglm_dir,

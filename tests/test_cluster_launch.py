@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from bayling_duplex import schemas
-from bayling_duplex.config import config_dir, repo_root
+from bayling_duplex.cli import schemas
+from bayling_duplex.cli.hydra import config_dir, repo_root
 
 ROOT = repo_root()
 SBATCH = ROOT / "scripts" / "slurm_sft.sbatch"
@@ -171,7 +171,7 @@ def test_sbatch_two_nodes_on_this_machine_form_one_process_group(tmp_path: Path)
 
 
 EXPORT = (
-    "import json, os; from bayling_duplex.cluster import export_submitit_env as f; "
+    "import json, os; from bayling_duplex.cli.cluster import export_submitit_env as f; "
     "done = f(); print(json.dumps({'done': done, **{k: os.environ.get(k) for k in "
     "('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', "
     "'CUDA_VISIBLE_DEVICES')}}))"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from bayling_duplex import schemas
-from bayling_duplex.config import ConfigError, config_dir, to_dataclass
+from bayling_duplex.cli import schemas
+from bayling_duplex.cli.hydra import ConfigError, config_dir, to_dataclass
 
 schemas.register()
 CONFIGS = config_dir()

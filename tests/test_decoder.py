@@ -22,7 +22,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from bayling_duplex.decoder import (
+from bayling_duplex.cli.infer import InputError, UserInput, check_inputs, main, read_inputs
+from bayling_duplex.decode.decoder import (
     STOP_END_OF_INPUT,
     STOP_EOS,
     STOP_MAX_EPAD,
@@ -36,9 +37,8 @@ from bayling_duplex.decoder import (
     growing_cache,
     result_to_sequence,
 )
-from bayling_duplex.infer import InputError, UserInput, check_inputs, main, read_inputs
-from bayling_duplex.interleave import split_channels
-from bayling_duplex.layout import BlockLayout
+from bayling_duplex.format.interleave import split_channels
+from bayling_duplex.format.layout import BlockLayout
 
 LAYOUT = BlockLayout()  # 10:5:10
 B, T = LAYOUT.frames_per_block, LAYOUT.slots_per_block
@@ -413,7 +413,7 @@ def test_infer_command(tiny_backbone, tiny_cache, tmp_path, capsys):
     assert len(recs[0]["text_ids"]) == recs[0]["num_blocks"] * T <= 2 * T
     assert recs[0]["events"][-1]["type"] == "stop"
     # a base folder without the duplex tokens is refused with the missing tokens named
-    from bayling_duplex.tiny_backbone import TinyConfig, tiny_backbone_dir
+    from bayling_duplex.model.tiny import TinyConfig, tiny_backbone_dir
 
     base = tiny_backbone_dir(TinyConfig(), tiny_cache)
     assert main(["--checkpoint", str(base), "--input", str(inp)]) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import build_small_demo
 
-from bayling_duplex.config import repo_root
+from bayling_duplex.cli.hydra import repo_root
 
 ARGS = [
     "run.wandb.mode=disabled",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import compose_conf, save_tiny_sft
 
-from bayling_duplex.dpo import TRL_LOSS_TYPES, PreferenceCollator, trainer_class
+from bayling_duplex.train.dpo import TRL_LOSS_TYPES, PreferenceCollator, trainer_class
 
 TINY = [
     "model.tiny.hidden_size=32",
@@ -51,10 +51,10 @@ def pairs(sft_final):
     """A few demo pairs made with the checkpoint's tokenizer: (dataset, model, tokenizer, vocab)."""
     import datasets
 
-    from bayling_duplex.dataset import recipe_from_file
-    from bayling_duplex.dpo import format_of, load_init
-    from bayling_duplex.pair_data import make_split_pairs
-    from bayling_duplex.preference import PairConfig
+    from bayling_duplex.data.load import recipe_from_file
+    from bayling_duplex.data.pair_build import make_split_pairs
+    from bayling_duplex.data.pairs import PairConfig
+    from bayling_duplex.train.dpo import format_of, load_init
 
     conf = compose_conf("dpo", TINY)
     model, tok, vocab = load_init(sft_final, conf.vocab, conf.model)
@@ -73,7 +73,7 @@ def dpo_conf(sft_final, tmp_path, *extra: str):
 
 
 def make_trainer(conf, ds, model, tok, vocab, out, ref=True):
-    from bayling_duplex.dpo import dpo_arguments, lora_config
+    from bayling_duplex.train.dpo import dpo_arguments, lora_config
 
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if ref else None
     return trainer_class()(
@@ -182,9 +182,9 @@ def test_lora_trains_the_adapters_against_the_adapter_free_base(pairs, tmp_path)
 
 
 def test_run_dpo_on_cpu_writes_the_checkpoint_and_the_before_after_report(sft_final, tmp_path):
-    from bayling_duplex.backbone import load_trained
-    from bayling_duplex.dataset import DataMismatchError
-    from bayling_duplex.dpo import run_dpo
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.model.backbone import load_trained
+    from bayling_duplex.train.dpo import run_dpo
 
     conf = dpo_conf(sft_final, tmp_path, *SMALL_RUN)
     summary = run_dpo(conf, tmp_path / "run")
@@ -211,7 +211,7 @@ def test_run_dpo_on_cpu_writes_the_checkpoint_and_the_before_after_report(sft_fi
 
 
 def test_lora_run_saves_the_adapter_and_a_merged_checkpoint(sft_final, tmp_path):
-    from bayling_duplex.dpo import run_dpo
+    from bayling_duplex.train.dpo import run_dpo
 
     conf = dpo_conf(
         sft_final, tmp_path, *SMALL_RUN, "experiment=dpo_lora", "lora.r=4", "eval.enabled=false"
@@ -225,8 +225,8 @@ def test_lora_run_saves_the_adapter_and_a_merged_checkpoint(sft_final, tmp_path)
 def test_a_lora_sft_checkpoint_is_merged_and_trained_as_init(tmp_path):
     from helpers import build_small_demo
 
-    from bayling_duplex.dpo import run_dpo
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.train.dpo import run_dpo
+    from bayling_duplex.train.sft import run_sft
 
     data = build_small_demo(tmp_path / "demo", tmp_path / "cache", train=16, heldout=4)
     sft = [*TINY, f"data.path={data}", "lora.enabled=true", "lora.r=4", "train.max_steps=1"]
@@ -248,14 +248,14 @@ def test_a_lora_sft_checkpoint_is_merged_and_trained_as_init(tmp_path):
     ],
 )
 def test_bad_values_fail_naming_the_key(override, key):
-    from bayling_duplex.config import ConfigError
+    from bayling_duplex.cli.hydra import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         compose_conf("dpo", [override])
 
 
 def test_latest_without_an_sft_run_says_how_to_make_one(tmp_path):
-    from bayling_duplex.dpo import latest_sft
+    from bayling_duplex.train.dpo import latest_sft
 
     with pytest.raises(FileNotFoundError, match=r"python -m bayling_duplex\.train sft"):
         latest_sft(tmp_path / "runs")

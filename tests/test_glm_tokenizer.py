@@ -18,7 +18,8 @@ import pytest
 import regex
 from tokenizers import AddedToken
 
-from bayling_duplex.glm_tokenizer import (
+from bayling_duplex.format.vocab import GLM4_CHAT_SPECIALS, VocabConfig, count_audio_tokens
+from bayling_duplex.model.glm_tokenizer import (
     GLM4_PATTERN,
     build_glm_tokenizer,
     convert_glm_tokenizer_dir,
@@ -26,7 +27,6 @@ from bayling_duplex.glm_tokenizer import (
     load_tiktoken_ranks,
     save_tiktoken_ranks,
 )
-from bayling_duplex.vocab import GLM4_CHAT_SPECIALS, VocabConfig, count_audio_tokens
 
 TRAIN_TEXT = (
     "The quick brown fox jumps over the lazy dog. It's the dog's day; we'll see, they'd say.\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bayling_duplex.interleave import (
+from bayling_duplex.format.interleave import (
     FormatSpec,
     TokenClass,
     check_sequence,
@@ -13,9 +13,9 @@ from bayling_duplex.interleave import (
     response_events,
     split_channels,
 )
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.records import RecordError, Response, Timeline, UserSegment
-from bayling_duplex.render import render_grid
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import RecordError, Response, Timeline, UserSegment
+from bayling_duplex.format.render import render_grid
 
 # Text ids stand for whole words in these grids (one id per word, as the format
 # document draws them). They lie in the tiny tokenizer's text range.
@@ -287,7 +287,7 @@ def test_sequence_checker_catches_breaches(vocab):
     seq = build(WORKED, ["The time is 9 PM.", "9 PM."], L2, vocab)
     broken = seq.input_ids.copy()
     broken[10] = vocab.audio_start_id  # audio id in a text slot
-    from bayling_duplex.interleave import DuplexSequence
+    from bayling_duplex.format.interleave import DuplexSequence
 
     with pytest.raises(ValueError, match="text slot"):
         check_sequence(DuplexSequence(broken, seq.classes, seq.num_blocks), L2, vocab)

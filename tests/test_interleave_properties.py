@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from bayling_duplex.interleave import (
+from bayling_duplex.data.synthesis import SCENARIOS, ScenarioMix, SynthesisConfig, synthesize
+from bayling_duplex.format.interleave import (
     IGNORE_INDEX,
     FormatSpec,
     check_sequence,
@@ -24,8 +25,8 @@ from bayling_duplex.interleave import (
     response_events,
     split_channels,
 )
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.records import (
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import (
     RecordError,
     Response,
     Script,
@@ -33,8 +34,7 @@ from bayling_duplex.records import (
     Timeline,
     UserSegment,
 )
-from bayling_duplex.synthesis import SCENARIOS, ScenarioMix, SynthesisConfig, synthesize
-from bayling_duplex.vocab import text_row_count
+from bayling_duplex.format.vocab import text_row_count
 
 LAYOUTS = [BlockLayout(10, 5), BlockLayout(10, 2), BlockLayout(10, 3)]
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

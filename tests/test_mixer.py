@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from speech_helpers import one_torch_thread, save_tiny_tokenizer, voice, write_wav
 
-from bayling_duplex import build
-from bayling_duplex.backbone import ModelConfig, backbone_source
-from bayling_duplex.interleave import FormatSpec
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.mixer import (
+from bayling_duplex.audio.codec import GlmSpeechCodec
+from bayling_duplex.audio.tokenize import tokenize_manifest
+from bayling_duplex.data import build
+from bayling_duplex.data.mixer import (
     Placement,
     WaveformConfig,
     WaveformMixer,
@@ -25,12 +24,13 @@ from bayling_duplex.mixer import (
     pause_cut,
     scaled_noise,
 )
-from bayling_duplex.recipe import CodecConfig, FormatConfig, RecipeConfig, SourceConfig
-from bayling_duplex.records import RecordError, read_jsonl, script_from_json
-from bayling_duplex.speech import tokenize_manifest
-from bayling_duplex.speech_codec import GlmSpeechCodec
-from bayling_duplex.synthesis import ScenarioMix, SynthesisConfig, synthesize
-from bayling_duplex.vocab import VocabConfig
+from bayling_duplex.data.recipe import CodecConfig, FormatConfig, RecipeConfig, SourceConfig
+from bayling_duplex.data.synthesis import ScenarioMix, SynthesisConfig, synthesize
+from bayling_duplex.format.interleave import FormatSpec
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import RecordError, read_jsonl, script_from_json
+from bayling_duplex.format.vocab import VocabConfig
+from bayling_duplex.model.backbone import ModelConfig, backbone_source
 
 SPF = 1280
 
@@ -276,8 +276,8 @@ def test_build_with_the_waveform_hook(scripts, tiny_cache, tmp_path, monkeypatch
     assert manifest["status"] == "ok" and train["rejected"] == 0
     assert train["sequences"] == 6 and train["scenarios"] == {"turn_taking": 3, "interruption": 3}
     rows = build.load_split(tmp_path / "wave", "train")
-    from bayling_duplex.backbone import load_tokenizer
-    from bayling_duplex.vocab import extend_tokenizer, resolve_vocab
+    from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
+    from bayling_duplex.model.backbone import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
     extend_tokenizer(tok, VocabConfig())

@@ -8,9 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bayling_duplex.interleave import FormatSpec
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.preference import (
+from bayling_duplex.data.pairs import (
     PERTURBATIONS,
     DecisionPoint,
     PairConfig,
@@ -22,8 +20,10 @@ from bayling_duplex.preference import (
     pair_from_script,
     render_pair,
 )
-from bayling_duplex.records import RecordError, Response, Timeline, UserSegment
-from bayling_duplex.vocab import DuplexVocab
+from bayling_duplex.format.interleave import FormatSpec
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import RecordError, Response, Timeline, UserSegment
+from bayling_duplex.format.vocab import DuplexVocab
 
 # A small layout keeps the grids readable: B=4 frames, T=2 slots, 10 tokens per block.
 LAYOUT = BlockLayout(frames_per_block=4, slots_per_block=2)
@@ -275,10 +275,10 @@ def test_pair_config_is_validated(bad):
 
 def test_demo_pairs_hold_the_invariants(tiny_backbone):
     """Pairs made from demo scripts: every kind occurs, each passes the checks, masks hold timing."""
-    from bayling_duplex.demo_corpus import backchannel_clips, demo_script
-    from bayling_duplex.render import tokenizer_token_text
-    from bayling_duplex.speech_codec import ToyCodec
-    from bayling_duplex.synthesis import SynthesisConfig, record_rng
+    from bayling_duplex.audio.codec import ToyCodec
+    from bayling_duplex.data.demo import backchannel_clips, demo_script
+    from bayling_duplex.data.synthesis import SynthesisConfig, record_rng
+    from bayling_duplex.format.render import tokenizer_token_text
 
     _, tok, vocab = tiny_backbone
     spec = FormatSpec(BlockLayout(), (0,))
@@ -312,9 +312,9 @@ def test_demo_pairs_hold_the_invariants(tiny_backbone):
 
 
 def test_the_same_record_gives_the_same_pair(tiny_backbone):
-    from bayling_duplex.demo_corpus import demo_script
-    from bayling_duplex.speech_codec import ToyCodec
-    from bayling_duplex.synthesis import SynthesisConfig
+    from bayling_duplex.audio.codec import ToyCodec
+    from bayling_duplex.data.demo import demo_script
+    from bayling_duplex.data.synthesis import SynthesisConfig
 
     _, tok, vocab = tiny_backbone
     script = demo_script("train", 3, 0, ToyCodec(256))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bayling_duplex.records import (
+from bayling_duplex.format.records import (
     RecordError,
     Response,
     Script,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import build_small_demo, compose_conf
 
-from bayling_duplex.collate import DuplexCollator, real_token_share
-from bayling_duplex.interleave import TokenClass
-from bayling_duplex.loss import LossWeights, token_losses, weighted_loss
+from bayling_duplex.format.interleave import TokenClass
+from bayling_duplex.train.collate import DuplexCollator, real_token_share
+from bayling_duplex.train.loss import LossWeights, token_losses, weighted_loss
 
 TINY = [
     "train.behaviour_dialogues=0",
@@ -109,8 +109,8 @@ def test_padding_share_report():
 
 
 def test_sft_cpu_run_writes_checkpoint_and_changes_every_parameter(small_data, tmp_path):
-    from bayling_duplex.backbone import load_backbone, load_trained
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.model.backbone import load_backbone, load_trained
+    from bayling_duplex.train.sft import run_sft
 
     conf = sft_conf(small_data, "train.max_steps=4", "train.save_steps=2")
     summary = run_sft(conf, tmp_path)
@@ -129,7 +129,7 @@ def test_sft_cpu_run_writes_checkpoint_and_changes_every_parameter(small_data, t
 
 
 def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path):
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.train.sft import run_sft
 
     steps = ["train.max_steps=6", "train.save_steps=3", "train.eval_dialogues=0"]
     full = run_sft(sft_conf(small_data, *steps), tmp_path / "full")
@@ -146,8 +146,8 @@ def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path):
 
 
 def test_lora_trains_adapters_and_new_token_rows(small_data, tmp_path):
-    from bayling_duplex.backbone import load_backbone
-    from bayling_duplex.sft import apply_lora
+    from bayling_duplex.model.backbone import load_backbone
+    from bayling_duplex.train.sft import apply_lora
 
     conf = sft_conf(small_data, "lora.enabled=true", "lora.r=4")
     model, _, vocab = load_backbone(conf.model, conf.vocab, tmp_path)
@@ -162,7 +162,7 @@ def test_lora_trains_adapters_and_new_token_rows(small_data, tmp_path):
 
 
 def test_lora_sft_run(small_data, tmp_path):
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.train.sft import run_sft
 
     summary = run_sft(
         sft_conf(small_data, "lora.enabled=true", "lora.r=4", "train.max_steps=2"), tmp_path
@@ -172,8 +172,8 @@ def test_lora_sft_run(small_data, tmp_path):
 
 
 def test_missing_data_names_the_build_command(tmp_path):
-    from bayling_duplex.dataset import DataMismatchError
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
 
     conf = sft_conf(tmp_path / "nowhere", "data.build_if_missing=false")
     with pytest.raises(
@@ -183,8 +183,8 @@ def test_missing_data_names_the_build_command(tmp_path):
 
 
 def test_data_of_another_vocabulary_is_refused(small_data, tmp_path):
-    from bayling_duplex.dataset import DataMismatchError
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
 
     conf = sft_conf(small_data, "vocab.silence_token='<listen>'")
     with pytest.raises(DataMismatchError, match="vocabulary"):
@@ -192,7 +192,7 @@ def test_data_of_another_vocabulary_is_refused(small_data, tmp_path):
 
 
 def test_behaviour_evaluation_is_logged_during_training(small_data, tmp_path):
-    from bayling_duplex.sft import run_sft
+    from bayling_duplex.train.sft import run_sft
 
     conf = sft_conf(small_data, "train.max_steps=2", "train.behaviour_dialogues=4")
     summary = run_sft(conf, tmp_path)

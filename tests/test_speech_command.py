@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from speech_helpers import SR, one_torch_thread, save_tiny_tokenizer, voice, write_wav
 
-from bayling_duplex.audio_manifest import WordSpan, word_ends
-from bayling_duplex.recipe import FormatConfig
-from bayling_duplex.records import script_from_json, timeline_from_json
-from bayling_duplex.speech import main, resume_jsonl
-from bayling_duplex.speech_codec import GlmSpeechCodec, silence_pattern
+from bayling_duplex.audio.codec import GlmSpeechCodec, silence_pattern
+from bayling_duplex.audio.manifest import WordSpan, word_ends
+from bayling_duplex.audio.tokenize import resume_jsonl
+from bayling_duplex.cli.speech import main
+from bayling_duplex.data.recipe import FormatConfig
+from bayling_duplex.format.records import script_from_json, timeline_from_json
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -321,7 +322,7 @@ def test_tokenize_two_channel_recordings_into_timelines(tok_dir, codec, tmp_path
 
 
 def test_shards_split_the_manifest_between_processes(tmp_path: Path) -> None:
-    from bayling_duplex.speech import _chunks
+    from bayling_duplex.audio.tokenize import _chunks
 
     rows = [
         {

@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from transformers import WhisperFeatureExtractor
 
-from bayling_duplex.speech_tokenizer import (
+from bayling_duplex.audio.whisper_vq import (
     SAMPLE_RATE,
     SpeechTokenizer,
     WhisperVQConfig,

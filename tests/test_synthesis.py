@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from bayling_duplex.demo_corpus import backchannel_clips, demo_script
-from bayling_duplex.interleave import FormatSpec, check_timeline, num_blocks_for, place_responses
-from bayling_duplex.layout import BlockLayout
-from bayling_duplex.records import RecordError, Script, ScriptTurn, UserSegment
-from bayling_duplex.speech_codec import ToyCodec
-from bayling_duplex.synthesis import (
+from bayling_duplex.audio.codec import ToyCodec
+from bayling_duplex.data.demo import backchannel_clips, demo_script
+from bayling_duplex.data.synthesis import (
     SCENARIOS,
     ScenarioMix,
     SynthesisConfig,
@@ -21,6 +18,14 @@ from bayling_duplex.synthesis import (
     synthesize,
     with_partner,
 )
+from bayling_duplex.format.interleave import (
+    FormatSpec,
+    check_timeline,
+    num_blocks_for,
+    place_responses,
+)
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import RecordError, Script, ScriptTurn, UserSegment
 
 RATE = 12.5
 SIL = 0  # silence code

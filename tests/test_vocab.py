@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayling_duplex.backbone import ModelConfig, load_backbone, load_trained
-from bayling_duplex.tiny_backbone import TinyConfig, build_tiny_model, build_tiny_tokenizer
-from bayling_duplex.vocab import (
+from bayling_duplex.format.vocab import (
     GLM4_CHAT_SPECIALS,
     VocabConfig,
     VocabError,
     count_audio_tokens,
-    extend_vocabulary,
     resolve_vocab,
     text_row_count,
 )
+from bayling_duplex.model.backbone import ModelConfig, load_backbone, load_trained
+from bayling_duplex.model.embeddings import extend_vocabulary
+from bayling_duplex.model.tiny import TinyConfig, build_tiny_model, build_tiny_tokenizer
 
 SMALL = TinyConfig(
     text_vocab_size=300,

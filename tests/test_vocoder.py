@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bayling_duplex import vocoder
-from bayling_duplex.speech import main
-from bayling_duplex.vocoder import (
+from bayling_duplex.audio import vocoder
+from bayling_duplex.audio.vocoder import (
     DECODER_SAMPLE_RATE,
     VocoderUnavailable,
     check_decoder_dir,
     render_audio,
 )
+from bayling_duplex.cli.speech import main
 
 STAND_IN = '''
 import torch

@@ -1,0 +1,141 @@
+"""``python -m bayling_duplex.data {build,render} [overrides]``.
+
+* ``build recipe=demo``: build a recipe of ``data_recipes/`` into sharded
+  Hugging Face datasets with a manifest (resumable, parallel).
+* ``render source=… index=…``: print the block grid of one dialogue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bayling_duplex.cli.hydra import ConfigError, run_hydra_command, to_dataclass
+from bayling_duplex.format.records import RecordError
+from bayling_duplex.format.vocab import VocabError
+
+log = logging.getLogger("bayling_duplex.data")
+
+
+def build_dataset(conf) -> dict:
+    """Build ``conf.recipe`` (a :class:`~bayling_duplex.cli.schemas.BuildConfig`); return the manifest."""
+    from bayling_duplex.data.build import build_recipe
+
+    return build_recipe(
+        conf.recipe,
+        conf.model,
+        conf.vocab,
+        Path(conf.output_dir),
+        conf.cache_dir,
+        conf.num_workers,
+        overwrite=conf.overwrite,
+    )
+
+
+def _build(cfg: DictConfig) -> None:
+    from bayling_duplex.cli.schemas import BuildConfig
+    from bayling_duplex.data.build import BuildError
+
+    try:
+        conf = to_dataclass(cfg, BuildConfig)
+        manifest = build_dataset(conf)
+    except (ConfigError, BuildError, VocabError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for split, s in manifest["splits"].items():
+        print(
+            f"{split}: {s['sequences']} sequences from {s['records']} records, {s['tokens']} tokens, "
+            f"blocks p50 {s['num_blocks']['p50']} max {s['num_blocks']['max']}, "
+            f"scenarios {s['scenarios']}, rejected {s['rejected']} {s['rejections_by_reason']}"
+        )
+    print(f"manifest: {Path(conf.output_dir) / 'manifest.json'} ({manifest['build_seconds']} s)")
+
+
+def _render(cfg: DictConfig) -> None:
+    from bayling_duplex.cli.schemas import RenderConfig
+
+    try:
+        conf = to_dataclass(cfg, RenderConfig)
+        print(render_record(conf))
+    except (ConfigError, VocabError, FileNotFoundError, RecordError, KeyError, IndexError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def render_record(conf) -> str:
+    """The grid of one record of a built dataset or of a timelines file."""
+    import numpy as np
+
+    from bayling_duplex.data.build import MANIFEST, load_split
+    from bayling_duplex.format.interleave import DuplexSequence, interleave
+    from bayling_duplex.format.layout import BlockLayout
+    from bayling_duplex.format.records import (
+        Response,
+        Timeline,
+        UserSegment,
+        read_jsonl,
+        timeline_from_json,
+    )
+    from bayling_duplex.format.render import render_grid, tokenizer_token_text
+    from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
+    from bayling_duplex.model.backbone import backbone_source, load_tokenizer
+
+    tok = load_tokenizer(backbone_source(conf.model, conf.cache_dir))
+    extend_tokenizer(tok, conf.vocab)
+    vocab = resolve_vocab(tok, conf.vocab)
+    src = Path(conf.source)
+    if (src / MANIFEST).is_file():
+        manifest = json.loads((src / MANIFEST).read_text())
+        layout = BlockLayout(**manifest["layout"])
+        ds = load_split(src, conf.split)
+        row = (
+            ds[conf.index]
+            if conf.record is None
+            else ds.filter(lambda r: r["id"] == conf.record)[0]
+        )
+        meta = json.loads(row["meta"])
+        timeline = Timeline(
+            row["id"],
+            meta["num_frames"],
+            (),
+            tuple(UserSegment(s, e, k) for s, e, k in meta["user_segments"]),
+            tuple(Response(s, e, "", (), bool(i)) for s, e, i in meta["responses"]),
+        )
+        seq = DuplexSequence(
+            np.asarray(row["input_ids"]),
+            np.asarray(row["classes"], dtype=np.int8),
+            row["num_blocks"],
+        )
+    else:
+        spec = conf.format.spec()
+        layout = spec.layout
+        objs = [o for _, o in read_jsonl(src)]
+        obj = (
+            objs[conf.index]
+            if conf.record is None
+            else next(o for o in objs if o.get("id") == conf.record)
+        )
+        timeline = timeline_from_json(obj)
+        ids = (
+            tok([r.text for r in timeline.responses], add_special_tokens=False)["input_ids"]
+            if timeline.responses
+            else []
+        )
+        seq = interleave(timeline, ids, spec, vocab)
+    head = f"{timeline.id}  ({layout.ratio}, {seq.num_blocks} blocks, {seq.num_blocks * layout.block_s:.1f} s)\n"
+    return head + render_grid(seq, layout, vocab, tokenizer_token_text(tok, vocab), timeline)
+
+
+COMMANDS = {"build": ("build", _build), "render": ("render", _render)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_hydra_command("data", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""The sharded dataset build: sources → (synthesis) → interleaving → Hugging Face shards + manifest.
+
+Layout of a built dataset::
+
+    <out>/build_plan.json          fingerprint + shard plan, written first
+    <out>/<split>/shard-00000/     a Hugging Face dataset (save_to_disk) …
+        stats.json                 … with its counts, lengths and rejections
+        rejections.jsonl           one line per rejected record: id, reason, detail
+    <out>/manifest.json            written last, from the shards' stats
+
+Shard ``i`` holds source records ``[i·S, (i+1)·S)``, and every random choice is
+seeded by the record id, so a shard's content does not depend on the worker
+that built it. A shard is written to a temporary folder and renamed when
+complete: an interrupted build resumes by skipping finished shards and never
+sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bayling_duplex.data.recipe import RecipeConfig, SourceConfig, fingerprint, vocab_fingerprint
+from bayling_duplex.data.synthesis import record_rng, synthesize, with_partner
+from bayling_duplex.format.interleave import check_sequence, interleave
+from bayling_duplex.format.records import (
+    RecordError,
+    Script,
+    Timeline,
+    read_jsonl,
+    script_from_json,
+    timeline_from_json,
+)
+from bayling_duplex.runtime import plain, write_json
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+PLAN = "build_plan.json"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    index: int
+    first: int  # index of its first source record
+    count: int
+    byte_offset: int  # for JSON-lines sources
+    out_dir: str
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def count_source(src: SourceConfig, shard_size: int) -> tuple[int, list[int]]:
+    """Number of source records and the byte offset of each shard's first line (JSON lines)."""
+    if src.kind == "demo":
+        return src.count, []
+    if src.kind.endswith("_jsonl"):
+        offsets, n, pos = [], 0, 0
+        with open(src.path, "rb") as f:
+            for line in f:
+                if n % shard_size == 0:
+                    offsets.append(pos)
+                pos += len(line)
+                n += 1
+                if src.count is not None and n >= src.count:
+                    break
+        return n, offsets
+    return min(len(_hf_dataset(src)), src.count or 1 << 62), []
+
+
+def _hf_dataset(src: SourceConfig):
+    import datasets
+
+    if src.hf_format == "disk":
+        ds = datasets.load_from_disk(src.path)
+        return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
+    return datasets.load_dataset(src.hf_format, data_files=src.path, split=src.split)
+
+
+def _source_records(src: SourceConfig, task: ShardTask, codec, seed: int):
+    """Yield parsed records (Script or Timeline) or RecordError for the task's range."""
+    if src.kind == "demo":
+        from bayling_duplex.data.demo import demo_script
+
+        for i in range(task.first, task.first + task.count):
+            yield demo_script(src.split, i, seed, codec)
+        return
+    parse = script_from_json if "scripts" in src.kind else timeline_from_json
+    if src.kind.endswith("_jsonl"):
+        rows = (obj for _, obj in read_jsonl(src.path, task.byte_offset, task.count))
+    else:
+        ds = _hf_dataset(src)
+        rows = (ds[i] for i in range(task.first, task.first + task.count))
+    for obj in rows:
+        if isinstance(obj, RecordError):
+            yield obj
+            continue
+        try:
+            yield parse(obj)
+        except RecordError as e:
+            yield e
+
+
+# ----------------------------------------------------------------------------- worker
+
+_W: dict = {}
+
+
+def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
+    from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
+    from bayling_duplex.model.backbone import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    extend_tokenizer(tok, vocab_cfg)
+    _W.update(
+        recipe=recipe, tok=tok, vocab=resolve_vocab(tok, vocab_cfg), spec=recipe.format.spec()
+    )
+    from bayling_duplex.audio.codec import ToyCodec
+
+    _W["codec"] = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
+    _W["backchannels"] = _load_backchannels(recipe, _W["codec"])
+    from bayling_duplex.data.mixer import WaveformMixer
+
+    _W["mixer"] = WaveformMixer.for_recipe(recipe)  # None unless recipe.waveform.level=waveform
+
+
+def _load_backchannels(recipe: RecipeConfig, codec):
+    if recipe.backchannels_path:
+        return tuple(
+            (o["text"], tuple(o["codes"]))
+            for _, o in read_jsonl(recipe.backchannels_path)
+            if isinstance(o, dict)
+        )
+    if codec is not None:
+        from bayling_duplex.data.demo import backchannel_clips
+
+        return backchannel_clips(codec)
+    return ()
+
+
+def _text_ids(texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return _W["tok"](texts, add_special_tokens=False)["input_ids"]
+
+
+def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, list[list[int]]]]:
+    """The timelines of one source record, each with its responses' text ids.
+
+    A timeline passes through. A script's answers are tokenized once: response
+    ``i`` of a synthesised timeline is turn ``i``'s answer, so its ids are reused
+    for interleaving instead of tokenizing the same texts again.
+    """
+    if not isinstance(record, Script):
+        return [(record, _text_ids([r.text for r in record.responses]))]
+    own = _text_ids([t.assistant_text for t in record.turns])
+    out = []
+    for scenario in recipe.synthesis.scenarios_for(record_rng(recipe.synthesis.seed, record.id)):
+        script, ids = record, own
+        if scenario == "interruption" and len(record.turns) < 2 and partner is not None:
+            script = with_partner(record, partner)
+            ids = own + _text_ids([partner.assistant_text])
+        t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], _W["backchannels"])
+        if _W.get("mixer"):  # waveform level: mix the audio on this timeline, tokenize the channels
+            t = _W["mixer"].render(t, script)
+        if recipe.synthesis.mode == "each":  # one timeline per scenario: keep ids unique
+            t = dataclasses.replace(t, id=f"{record.id}:{scenario}")
+        out.append((t, ids[: len(t.responses)]))
+    return out
+
+
+def build_shard(task: ShardTask, src: SourceConfig) -> dict:
+    """Build one shard into ``task.out_dir`` (atomically) and return its stats."""
+    import datasets
+    import pyarrow as pa
+
+    recipe, spec, vocab = _W["recipe"], _W["spec"], _W["vocab"]
+    ids_parts, cls_parts, lengths, rows_meta = [], [], [], []
+    rejected: list[dict] = []
+    scenarios: Counter = Counter()
+    records = list(_source_records(src, task, _W["codec"], recipe.synthesis.seed))
+    if _W.get("mixer"):
+        _W["mixer"].index_shard(src.path, task.byte_offset, task.count)
+    for n, record in enumerate(records):
+        if isinstance(record, RecordError):
+            rejected.append(
+                {"id": record.record_id, "reason": record.reason, "detail": record.detail}
+            )
+            continue
+        nxt = records[(n + 1) % len(records)]
+        partner = nxt.turns[0] if isinstance(nxt, Script) and nxt is not record else None
+        try:
+            for t, text_ids in _timelines(record, recipe, partner):
+                seq = interleave(t, text_ids, spec, vocab)
+                check_sequence(seq, spec.layout, vocab)
+                ids_parts.append(seq.input_ids.astype(np.int32))
+                cls_parts.append(seq.classes)
+                lengths.append(seq.num_blocks)
+                scenarios[t.scenario or "given"] += 1
+                rows_meta.append((t.id, t.scenario or "given", _meta_json(t)))
+        except RecordError as e:
+            rejected.append({"id": e.record_id, "reason": e.reason, "detail": e.detail})
+
+    offsets = np.zeros(len(ids_parts) + 1, dtype=np.int32)
+    np.cumsum([len(x) for x in ids_parts], out=offsets[1:])
+    flat_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
+    flat_cls = np.concatenate(cls_parts) if cls_parts else np.zeros(0, np.int8)
+    table = pa.table(
+        {
+            "id": pa.array([m[0] for m in rows_meta], pa.string()),
+            "scenario": pa.array([m[1] for m in rows_meta], pa.string()),
+            "num_blocks": pa.array(lengths, pa.int32()),
+            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_ids)),
+            "classes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_cls)),
+            "meta": pa.array([m[2] for m in rows_meta], pa.string()),
+        }
+    )
+    stats = {
+        "split": task.split,
+        "shard": task.index,
+        "records": task.count,
+        "sequences": len(lengths),
+        "tokens": int(offsets[-1]),
+        "scenarios": dict(scenarios),
+        "rejected": len(rejected),
+        "rejections_by_reason": dict(Counter(r["reason"] for r in rejected)),
+        "num_blocks_hist": dict(Counter(lengths)),
+    }
+    final = Path(task.out_dir)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.disable_progress_bars()
+    datasets.Dataset(table).save_to_disk(str(tmp))
+    with open(tmp / "rejections.jsonl", "w") as f:
+        for r in rejected:
+            f.write(json.dumps(r) + "\n")
+    write_json(tmp / "stats.json", stats)
+    tmp.rename(final)
+    return stats
+
+
+def _meta_json(t) -> str:
+    """What evaluation, rendering and DPO need of the timeline, without its codes."""
+    return json.dumps(
+        {
+            "num_frames": t.num_frames,
+            "user_segments": [[s.start_frame, s.end_frame, s.kind] for s in t.user_segments],
+            "responses": [[r.start_frame, r.end_frame, int(r.interrupted)] for r in t.responses],
+        },
+        separators=(",", ":"),
+    )
+
+
+def _run_task(args) -> dict:
+    task, src = args
+    return build_shard(task, src)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def plan_shards(recipe: RecipeConfig, out: Path) -> list[tuple[ShardTask, SourceConfig]]:
+    tasks = []
+    for split, src in recipe.splits().items():
+        total, offsets = count_source(src, recipe.shard_size)
+        for i, first in enumerate(range(0, total, recipe.shard_size)):
+            tasks.append(
+                (
+                    ShardTask(
+                        split,
+                        i,
+                        first,
+                        min(recipe.shard_size, total - first),
+                        offsets[i] if offsets else 0,
+                        str(out / split / f"shard-{i:05d}"),
+                    ),
+                    src,
+                )
+            )
+    return tasks
+
+
+def build_recipe(
+    recipe: RecipeConfig,
+    model_cfg,
+    vocab_cfg,
+    out: Path,
+    cache_dir: str | Path,
+    num_workers: int = 2,
+    overwrite: bool = False,
+) -> dict:
+    """Build ``recipe`` with the tokenizer of ``model_cfg`` (the tiny one built into
+    ``cache_dir`` when needed) into ``out``; return the manifest."""
+    from bayling_duplex.model.backbone import backbone_source
+
+    recipe.format.resolve()
+    tokenizer_dir = backbone_source(model_cfg, cache_dir)
+    return run_build(
+        recipe, str(tokenizer_dir), vocab_cfg, Path(out), num_workers, overwrite=overwrite
+    )
+
+
+def run_build(
+    recipe: RecipeConfig,
+    tokenizer_dir: str,
+    vocab_cfg,
+    out: Path,
+    num_workers: int,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Build (or resume) the dataset of ``recipe`` in ``out``; return the manifest."""
+    from tqdm.auto import tqdm
+
+    from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
+    from bayling_duplex.model.backbone import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    extend_tokenizer(tok, vocab_cfg)
+    vocab = resolve_vocab(tok, vocab_cfg)
+    if recipe.codec.kind == "toy" and recipe.codec.num_codes > vocab.num_audio:
+        raise BuildError(
+            f"recipe.codec.num_codes={recipe.codec.num_codes} exceeds the tokenizer's "
+            f"{vocab.num_audio} audio tokens"
+        )
+    fp = fingerprint(plain(recipe), vocab_fingerprint(vocab, tok), recipe.codec.name)
+    plan_path = out / PLAN
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())["fingerprint"]
+        if old["combined"] != fp["combined"]:
+            if not overwrite:
+                diff = [k for k in fp if k != "combined" and fp[k] != old.get(k)]
+                raise BuildError(
+                    f"{out} holds a build of another configuration (differs in {diff}); "
+                    "pass overwrite=true to replace it"
+                )
+            shutil.rmtree(out)
+    elif out.exists() and not overwrite and any(p.name != "data.log" for p in out.iterdir()):
+        raise BuildError(f"{out} is not empty and holds no build plan; pass overwrite=true")
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = plan_shards(recipe, out)
+    write_json(plan_path, {"fingerprint": fp, "recipe": plain(recipe), "shards": len(tasks)})
+    for split in recipe.splits():  # leftovers of a killed run
+        for tmp in (out / split).glob(".shard-*.tmp*") if (out / split).is_dir() else []:
+            shutil.rmtree(tmp, ignore_errors=True)
+        (out / split).mkdir(exist_ok=True)
+    todo = [t for t in tasks if not (Path(t[0].out_dir) / "stats.json").is_file()]
+    log.info(
+        "%d shards planned, %d already built, %d to build",
+        len(tasks),
+        len(tasks) - len(todo),
+        len(todo),
+    )
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(tasks),
+        initial=len(tasks) - len(todo),
+        desc=f"build {recipe.name}",
+        unit="shard",
+        disable=not progress,
+    )
+    init = (recipe, tokenizer_dir, vocab_cfg)
+    if num_workers <= 1 or len(todo) <= 1:
+        _init_worker(*init)
+        for t in todo:
+            _run_task(t)
+            bar.update()
+    else:
+        with mp.get_context("fork").Pool(
+            num_workers, initializer=_init_worker, initargs=init
+        ) as pool:
+            for _ in pool.imap_unordered(_run_task, todo):
+                bar.update()
+    bar.close()
+    manifest = summarize(out, recipe, fp, tasks, time.perf_counter() - start)
+    write_json(out / MANIFEST, manifest)
+    if manifest["status"] != "ok":
+        raise BuildError(manifest["failure"])
+    return manifest
+
+
+def summarize(out: Path, recipe: RecipeConfig, fp: dict, tasks, seconds: float) -> dict:
+    splits: dict[str, dict] = {}
+    for task, _ in tasks:
+        st = json.loads((Path(task.out_dir) / "stats.json").read_text())
+        agg = splits.setdefault(
+            task.split,
+            {
+                "records": 0,
+                "sequences": 0,
+                "tokens": 0,
+                "rejected": 0,
+                "scenarios": Counter(),
+                "rejections_by_reason": Counter(),
+                "hist": Counter(),
+                "shards": [],
+            },
+        )
+        for k in ("records", "sequences", "tokens", "rejected"):
+            agg[k] += st[k]
+        agg["scenarios"].update(st["scenarios"])
+        agg["rejections_by_reason"].update(st["rejections_by_reason"])
+        agg["hist"].update({int(k): v for k, v in st["num_blocks_hist"].items()})
+        agg["shards"].append(str(Path(task.out_dir).relative_to(out)))
+    result = {
+        "name": recipe.name,
+        "fingerprint": fp,
+        "status": "ok",
+        "build_seconds": round(seconds, 2),
+        "layout": {
+            "frames_per_block": recipe.format.frames_per_block,
+            "slots_per_block": recipe.format.slots_per_block,
+            "frame_rate_hz": recipe.format.frame_rate_hz,
+        },
+        "silence_codes": list(recipe.format.silence_codes),
+        "splits": {},
+    }
+    failures = []
+    for split, agg in splits.items():
+        hist = agg.pop("hist")
+        blocks = np.repeat(np.array(list(hist.keys()) or [0]), list(hist.values()) or [1])
+        agg["num_blocks"] = {
+            "min": int(blocks.min()),
+            "mean": round(float(blocks.mean()), 2),
+            "p50": int(np.percentile(blocks, 50)),
+            "p90": int(np.percentile(blocks, 90)),
+            "max": int(blocks.max()),
+        }
+        agg["num_blocks_hist"] = {str(k): v for k, v in sorted(hist.items())}
+        agg["scenarios"] = dict(agg["scenarios"])
+        agg["rejections_by_reason"] = dict(agg["rejections_by_reason"])
+        share = agg["rejected"] / max(1, agg["records"])
+        agg["rejected_share"] = round(share, 5)
+        if share > recipe.max_reject_share:
+            top = ", ".join(
+                f"{r}: {n}" for r, n in Counter(agg["rejections_by_reason"]).most_common(5)
+            )
+            failures.append(
+                f"split {split}: {agg['rejected']} of {agg['records']} records rejected "
+                f"({share:.1%} > max_reject_share {recipe.max_reject_share:.1%}); by reason: {top}; "
+                f"see {out}/{split}/shard-*/rejections.jsonl"
+            )
+        splits[split] = agg
+    result["splits"] = splits
+    if failures:
+        result["status"] = "failed"
+        result["failure"] = "; ".join(failures)
+    return result
+
+
+def load_split(data_dir: str | Path, split: str):
+    """The shards of ``split`` as one Hugging Face dataset (memory-mapped)."""
+    import datasets
+
+    data_dir = Path(data_dir)
+    manifest = json.loads((data_dir / MANIFEST).read_text())
+    shards = manifest["splits"][split]["shards"]
+    return datasets.concatenate_datasets(
+        [datasets.load_from_disk(str(data_dir / s)) for s in shards]
+    )

@@ -1,0 +1,164 @@
+"""Data recipes: typed configs of ``data_recipes/*.yaml`` and the build fingerprint.
+
+A recipe says where dialogues come from (per split), the sequence format, the
+speech codec, the synthesis mix and how the build shards. Its fingerprint
+(recipe + vocabulary + builder version + codec) is written into the manifest,
+and training refuses data built for another configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bayling_duplex.data.mixer import WaveformConfig
+from bayling_duplex.data.synthesis import SynthesisConfig
+from bayling_duplex.format.interleave import FormatSpec
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.vocab import DuplexVocab
+
+# Bump when the builder's output for the same inputs changes.
+BUILDER_VERSION = 1
+SOURCE_KINDS = ("demo", "scripts_jsonl", "timelines_jsonl", "hf_scripts", "hf_timelines")
+CODEC_KINDS = ("toy", "glm4voice")
+
+
+@dataclass
+class FormatConfig:
+    """The ``B:T:B`` layout and the silence code pattern of the speech codec."""
+
+    frames_per_block: int = 10
+    slots_per_block: int = 5
+    frame_rate_hz: float = 12.5
+    silence_codes: list[int] = field(default_factory=lambda: [0])
+    # a JSON file {"silence_codes": [...]} measured from the speech tokenizer
+    # (written by the audio tokenizing command); when set it replaces silence_codes
+    silence_codes_file: str | None = None
+
+    def __post_init__(self) -> None:
+        BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)  # validates
+        if not self.silence_codes and not self.silence_codes_file:
+            raise ValueError(
+                "recipe.format.silence_codes is empty and no silence_codes_file is set"
+            )
+
+    def resolve(self) -> None:
+        """Read ``silence_codes_file`` into ``silence_codes`` (before a build)."""
+        if self.silence_codes_file:
+            path = Path(self.silence_codes_file)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"recipe.format.silence_codes_file {path} does not exist; "
+                    "it is written when audio is tokenized (docs/data.md)"
+                )
+            self.silence_codes = [int(c) for c in json.loads(path.read_text())["silence_codes"]]
+
+    def spec(self) -> FormatSpec:
+        layout = BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)
+        return FormatSpec(layout, tuple(self.silence_codes))
+
+
+@dataclass
+class SourceConfig:
+    """Where one split's dialogues come from.
+
+    * ``demo``: the generated demo corpus (``count`` dialogues of ``split``).
+    * ``scripts_jsonl`` / ``timelines_jsonl``: a JSON-lines file of records.
+    * ``hf_scripts`` / ``hf_timelines``: a Hugging Face dataset from local files
+      (``path`` is a ``save_to_disk`` folder, or json/parquet files with ``hf_format``).
+    """
+
+    kind: str = "demo"
+    path: str | None = None
+    split: str = "train"  # demo split, or the Hugging Face split name
+    count: int | None = 1000  # demo: how many; others: at most this many (None: all)
+    hf_format: str = "disk"  # disk (save_to_disk folder), json or parquet
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"recipe source kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind != "demo" and not self.path:
+            raise ValueError(f"recipe source of kind {self.kind!r} needs a path")
+        if self.kind == "demo" and not self.count:
+            raise ValueError("a demo source needs a positive count")
+        if self.hf_format not in ("disk", "json", "parquet"):
+            raise ValueError(
+                f"recipe source hf_format must be disk, json or parquet, got {self.hf_format!r}"
+            )
+
+
+@dataclass
+class CodecConfig:
+    """The speech codec the codes come from (the build only needs its identity and range)."""
+
+    kind: str = (
+        "toy"  # toy: text-driven stand-in (demo); glm4voice: GLM-4-Voice's 12.5 Hz tokenizer
+    )
+    num_codes: int = 256  # toy only: codes it emits; must fit the tokenizer's audio range
+
+    def __post_init__(self) -> None:
+        if self.kind not in CODEC_KINDS:
+            raise ValueError(f"recipe.codec.kind must be one of {CODEC_KINDS}, got {self.kind!r}")
+
+    @property
+    def name(self) -> str:
+        return f"toy-v1-{self.num_codes}" if self.kind == "toy" else "glm4voice-12.5hz"
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "demo"
+    train: SourceConfig = field(default_factory=SourceConfig)
+    heldout: SourceConfig | None = None
+    format: FormatConfig = field(default_factory=FormatConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    # codes (compose the tokenized clips) or waveform (mix the audio, then tokenize): mixer.py
+    waveform: WaveformConfig = field(default_factory=WaveformConfig)
+    # backchannel clips for real data: JSON lines of {"text", "codes"}; demo uses the toy codec's
+    backchannels_path: str | None = None
+    shard_size: int = 1000  # dialogues (source records) per shard
+    max_reject_share: float = 0.01  # the build fails when more than this share is rejected
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0:
+            raise ValueError("recipe.shard_size must be positive")
+        if not 0 <= self.max_reject_share <= 1:
+            raise ValueError("recipe.max_reject_share must lie in [0, 1]")
+
+    def splits(self) -> dict[str, SourceConfig]:
+        out = {"train": self.train}
+        if self.heldout is not None:
+            out["heldout"] = self.heldout
+        return out
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def vocab_fingerprint(vocab: DuplexVocab, tokenizer) -> str:
+    """The duplex ids plus a digest of the whole tokenizer (text ids matter too)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tok_state = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    return _digest(
+        {"ids": vocab.__dict__, "tokenizer": hashlib.sha256(tok_state.encode()).hexdigest()}
+    )
+
+
+def fingerprint(recipe_plain: dict, vocab_fp: str, codec_name: str) -> dict:
+    """Manifest fingerprint: each part and their combination."""
+    build_keys = {k: v for k, v in recipe_plain.items() if k not in ("max_reject_share",)}
+    parts = {
+        "recipe": _digest(build_keys),
+        "vocab": vocab_fp,
+        "builder": BUILDER_VERSION,
+        "codec": codec_name,
+    }
+    return {**parts, "combined": _digest(parts)}

@@ -1,0 +1,4 @@
+"""Streaming full-duplex decoding with one KV cache (format §8).
+
+May import: ``format``.
+"""
