@@ -47,10 +47,10 @@ def demo_recipe(dialogues: int, shard_size: int | None):
     """``data_recipes/demo.yaml`` as a typed recipe, scaled to ``dialogues`` training dialogues."""
     from omegaconf import OmegaConf
 
-    from bayling_duplex.cli.hydra import repo_root
+    from bayling_duplex.config import recipes_dir
     from bayling_duplex.data.recipe import RecipeConfig
 
-    raw = OmegaConf.load(repo_root() / "data_recipes" / "demo.yaml")
+    raw = OmegaConf.load(recipes_dir() / "demo.yaml")
     raw.pop("defaults", None)
     recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RecipeConfig), raw))
     recipe.train.count = dialogues

@@ -28,7 +28,9 @@ import time
 import numpy as np
 import torch
 
-from bayling_duplex.decode.decoder import AudioBlock, DecodeConfig, DuplexDecoder
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.decode.decoder import DuplexDecoder
+from bayling_duplex.decode.events import AudioBlock
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.vocab import DuplexVocab, VocabConfig
 from bayling_duplex.model.embeddings import extend_vocabulary

@@ -9,6 +9,15 @@ from hydra import compose, initialize_config_dir
 from bayling_duplex.cli import schemas
 from bayling_duplex.cli.hydra import config_dir, to_dataclass
 
+# The small tiny model every stage test trains (the default is larger): one list, used as
+# overrides by every test that composes a config or starts a command.
+TINY_MODEL = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+]
+
 
 def compose_conf(root: str, overrides: list[str]):
     """A typed root config, composed exactly as the command line would."""
@@ -42,15 +51,12 @@ def build_small_demo(
 
 def save_tiny_sft(conf, root: Path, final: Path) -> Path:
     """The extended tiny backbone of ``conf`` saved into ``final`` as a trained SFT run saves it."""
-    import json
-
-    from bayling_duplex.cli.hydra import plain
-    from bayling_duplex.data.recipe import FormatConfig
+    from bayling_duplex.format.spec import FormatSpec
     from bayling_duplex.model.backbone import load_backbone
+    from bayling_duplex.model.checkpoint import CheckpointMeta, write_meta
 
     model, tok, _ = load_backbone(conf.model, conf.vocab, root / "cache")
     model.save_pretrained(final)
     tok.save_pretrained(final)
-    meta = {"format": plain(FormatConfig()), "data": "demo", "stage": "sft"}
-    (final / "duplex.json").write_text(json.dumps(meta))
+    write_meta(final, CheckpointMeta(FormatSpec(), "demo", "sft"))
     return final

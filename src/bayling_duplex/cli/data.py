@@ -82,9 +82,9 @@ def render_record(conf) -> str:
     )
     from bayling_duplex.format.render import render_grid, tokenizer_token_text
     from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
-    from bayling_duplex.model.backbone import backbone_source, load_tokenizer
+    from bayling_duplex.model.backbone import load_tokenizer, tokenizer_source
 
-    tok = load_tokenizer(backbone_source(conf.model, conf.cache_dir))
+    tok = load_tokenizer(tokenizer_source(conf.model, conf.cache_dir))
     extend_tokenizer(tok, conf.vocab)
     vocab = resolve_vocab(tok, conf.vocab)
     src = Path(conf.source)

@@ -8,76 +8,43 @@ and, side by side, the untrained backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from bayling_duplex.cli.hydra import ConfigError, plain, run_hydra_command, to_dataclass
-from bayling_duplex.cli.run_dir import RunConfig, RunDirError, prepare_run_dir
-from bayling_duplex.data.recipe import FormatConfig
-from bayling_duplex.decode.decoder import DecodeConfig
-from bayling_duplex.eval.dialogues import EvalSetConfig
-from bayling_duplex.format.vocab import VocabConfig, VocabError
-from bayling_duplex.model.backbone import ModelConfig
+from bayling_duplex.cli.run_dir import RunDirError, prepare_run_dir
+from bayling_duplex.cli.schemas import EvalConfig
+from bayling_duplex.format.vocab import VocabError
 
 log = logging.getLogger("bayling_duplex.eval")
-DUPLEX_META = "duplex.json"  # written beside a trained checkpoint: its layout and silence codes
-
-
-@dataclass
-class EvalConfig:
-    # a checkpoint folder; "latest": the newest runs/<stage>/*/final; "untrained": the backbone as built
-    checkpoint: str = "latest"
-    stage: str = "sft"  # where "latest" looks
-    compare_untrained: bool = True  # also evaluate the untrained backbone, side by side
-    run: RunConfig = field(default_factory=RunConfig)
-    evalset: EvalSetConfig = field(default_factory=EvalSetConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone for "untrained"
-    format: FormatConfig = field(
-        default_factory=FormatConfig
-    )  # used when the checkpoint has no duplex.json
-    batch_size: int = 16
-    plots: int = 8
-
-
-def latest_checkpoint(stage: str, runs: Path = Path("runs")) -> Path:
-    finals = [
-        p.parent / "final"
-        for p in (runs / stage).glob("*/summary.json")
-        if (p.parent / "final").is_dir()
-    ]
-    if not finals:
-        raise FileNotFoundError(
-            f"no trained checkpoint under {runs / stage}/*/final; train one first:\n"
-            f"  python -m bayling_duplex.train {stage}"
-        )
-    return max(finals, key=lambda p: (p.parent / "summary.json").stat().st_mtime)
 
 
 def load_for_eval(conf: EvalConfig, which: str, run_dir: Path):
     """``(model, tokenizer, vocab, spec)`` for a checkpoint folder or the untrained backbone."""
-    from bayling_duplex.model.backbone import load_backbone, load_trained
+    from bayling_duplex.model import checkpoint
+    from bayling_duplex.model.backbone import load_backbone
 
     if which == "untrained":
         model, tok, vocab = load_backbone(conf.model, conf.vocab, run_dir / "backbone")
         return model, tok, vocab, conf.format.spec()
-    model, tok, vocab = load_trained(which, conf.vocab)
-    meta = Path(which) / DUPLEX_META
-    fmt = FormatConfig(**json.loads(meta.read_text())["format"]) if meta.is_file() else conf.format
-    return model, tok, vocab, fmt.spec()
+    model, tok, vocab = checkpoint.load(which, conf.vocab)
+    return model, tok, vocab, checkpoint.read_format(which, default=conf.format.spec())
 
 
 def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     from bayling_duplex.eval.dialogues import build_eval_items
-    from bayling_duplex.eval.runner import evaluate_model, write_report
+    from bayling_duplex.eval.report import write_report
+    from bayling_duplex.eval.runner import evaluate_model
+    from bayling_duplex.model import checkpoint
 
-    target = str(latest_checkpoint(conf.stage)) if conf.checkpoint == "latest" else conf.checkpoint
+    target = (
+        conf.checkpoint
+        if conf.checkpoint == "untrained"
+        else str(checkpoint.resolve(conf.checkpoint, conf.stage))
+    )
     names = {"model": target} if target != "untrained" else {}
     if conf.compare_untrained or target == "untrained":
         names["untrained"] = "untrained"

@@ -1,4 +1,4 @@
-"""Typed configuration: the Hydra front end shared by every command.
+"""The Hydra front end shared by every command (strict checks: :mod:`bayling_duplex.config`).
 
 Each command (``train sft``, ``train dpo``, ``data build`` …) has one root
 dataclass schema registered in Hydra's ConfigStore as ``<root>_schema``; the
@@ -14,87 +14,42 @@ sees a ``DictConfig``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import sys
-import types
-import typing
 from collections.abc import Callable
-from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
+from bayling_duplex.config import (  # noqa: F401 (the front end's names, re-exported)
+    MOVED_KEYS,
+    ConfigError,
+    config_dir,
+    find_unknown_keys,
+    moved_keys_message,
+    recipes_dir,
+    repo_root,
+    to_dataclass,
+)
 from bayling_duplex.runtime import plain  # noqa: F401 (re-exported)
 
 
-class ConfigError(ValueError):
-    """A configuration key that does not exist or a value that is not allowed."""
+def _override_keys(argv: list[str]) -> list[str]:
+    """The keys of the ``key=value`` / ``+key=`` / ``++key=`` / ``~key`` overrides in ``argv``."""
+    return [a.lstrip("+~").split("=", 1)[0] for a in argv if not a.startswith("-")]
 
 
-def repo_root() -> Path:
-    """The folder holding ``configs/`` and ``data_recipes/`` (``BAYLING_DUPLEX_ROOT`` overrides)."""
-    env = os.environ.get("BAYLING_DUPLEX_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "configs").is_dir() and (parent / "data_recipes").is_dir():
-            return parent
-    raise ConfigError(
-        "cannot find the project's configs/ folder; install the project editable from its "
-        "clone (pip install -e .) or set BAYLING_DUPLEX_ROOT to the clone"
-    )
+def _moved_in_composition(config_name: str, argv: list[str]) -> str | None:
+    """After Hydra refused to compose: the moved-key message when a moved key (set in a
+    YAML file, where Hydra's own error names only the old key) is the reason."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-
-def config_dir() -> Path:
-    return repo_root() / "configs"
-
-
-def _dataclass_of(tp) -> type | None:
-    """The dataclass inside an annotation like ``Foo``, ``Foo | None`` or ``Optional[Foo]``."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def find_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> list[tuple[str, str]]:
-    """``(dotted key, schema name)`` for each key of ``cfg`` its dataclass does not declare."""
-    hints = typing.get_type_hints(schema)
-    names = {f.name for f in dataclasses.fields(schema)}
-    unknown: list[tuple[str, str]] = []
-    for key in cfg:
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            unknown.append((dotted, schema.__name__))
-            continue
-        sub = _dataclass_of(hints[key])
-        value = cfg._get_node(key)
-        if sub is not None and isinstance(value, DictConfig) and not value._is_none():
-            unknown += find_unknown_keys(value, sub, dotted + ".")
-    return unknown
-
-
-def to_dataclass(cfg: DictConfig, schema: type):
-    """Check ``cfg`` strictly against ``schema`` and convert it to the dataclass instance."""
-    unknown = find_unknown_keys(cfg, schema)
-    if unknown:
-        key, owner = unknown[0]
-        more = [k for k, _ in unknown[1:]]
-        raise ConfigError(
-            f"unknown config key {key!r} ({owner} has no field {key.rsplit('.', 1)[-1]!r})"
-            + (f"; also unknown: {more}" if more else "")
-        )
+    GlobalHydra.instance().clear()
     try:
-        obj = OmegaConf.to_object(cfg)
-    except Exception as e:  # omegaconf wraps __post_init__ errors: surface the message
-        cause = e.__cause__ or e
-        raise ConfigError(str(cause).split("\n")[0]) from e
-    return obj
-
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            compose(config_name, overrides=[a for a in argv if "=" in a and a[0] != "-"])
+    except Exception as e:
+        return moved_keys_message(re.findall(r"full_key: (\S+)", f"{e}\n{e.__cause__}"))
+    return None
 
 
 def run_hydra_command(
@@ -132,6 +87,10 @@ def run_hydra_command(
         )
         raise SystemExit(2)
     config_name, main = commands[word]
+    moved = moved_keys_message(_override_keys(argv))
+    if moved:
+        print(f"error: {moved}", file=sys.stderr)
+        raise SystemExit(2)
     from bayling_duplex.cli import schemas
 
     schemas.register()
@@ -139,4 +98,12 @@ def run_hydra_command(
     wrapped = hydra.main(
         version_base="1.3", config_path=str(config_dir()), config_name=config_name
     )(main)
-    wrapped()
+    try:
+        wrapped()
+    except SystemExit as e:
+        # Hydra printed why it could not compose; a moved key in a YAML file gets its new name
+        moved = _moved_in_composition(config_name, argv) if e.code == 1 else None
+        if moved:
+            print(f"error: {moved}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise

@@ -21,14 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bayling_duplex.decode.decoder import (
-    AudioBlock,
-    DecodeConfig,
-    DecodeResult,
-    DuplexDecoder,
-    Event,
-    Stop,
-)
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.decode.decoder import DuplexDecoder
+from bayling_duplex.decode.events import AudioBlock, DecodeResult, Event, Stop
 from bayling_duplex.format.interleave import response_events
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.vocab import VocabConfig, VocabError
@@ -202,20 +197,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="dialogues decoded together")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument(
-        "--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda)"
+        "--dtype",
+        default=None,
+        choices=("fp32", "bf16", "fp16"),
+        help="weights' precision (default: bf16 on cuda, else fp32)",
     )
     return p.parse_args(argv)
 
 
-def checkpoint_ratio(checkpoint: Path) -> str:
+def checkpoint_ratio(path: Path) -> str:
     """The ``B:T:B`` a checkpoint was trained with (its ``duplex.json``), else the default."""
-    meta = checkpoint / "duplex.json"
-    if meta.is_file():
-        fmt = json.loads(meta.read_text())["format"]
-        return BlockLayout(
-            fmt["frames_per_block"], fmt["slots_per_block"], fmt["frame_rate_hz"]
-        ).ratio
-    return BlockLayout().ratio
+    from bayling_duplex.format.spec import FormatSpec
+    from bayling_duplex.model.checkpoint import read_format
+
+    return read_format(path, default=FormatSpec()).layout.ratio
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         from bayling_duplex.model.backbone import load_trained
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
         model, tokenizer, vocab = load_trained(args.checkpoint, VocabConfig(), dtype=dtype)
         model.to(device).eval()
         inputs = check_inputs(inputs, vocab.num_audio, layout)

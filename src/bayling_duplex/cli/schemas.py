@@ -13,10 +13,23 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from bayling_duplex.cli.run_dir import RunConfig
-from bayling_duplex.data.recipe import FormatConfig, RecipeConfig
+from bayling_duplex.data.pair_build import PairDataConfig
+from bayling_duplex.data.recipe import RecipeConfig
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.eval.dialogues import EvalSetConfig
+from bayling_duplex.format.spec import FormatConfig
 from bayling_duplex.format.vocab import VocabConfig
 from bayling_duplex.model.backbone import ModelConfig
-from bayling_duplex.train.sft import LoraSettings, OptimConfig, TrainConfig
+from bayling_duplex.train.config import (
+    DpoEvalConfig,
+    DpoSettings,
+    LoraSettings,
+    OptimConfig,
+    SftTrainConfig,
+    TrainConfig,
+    dpo_optim,
+    dpo_train,
+)
 
 
 @dataclass
@@ -48,9 +61,37 @@ class SftConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: SftTrainConfig = field(default_factory=SftTrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class DpoConfig:
+    """Root config of ``python -m bayling_duplex.train dpo``.
+
+    ``model`` says how to load (dtype, attention); the weights come from ``init``.
+    ``data.recipe`` names the recipe whose sources, format and synthesis the
+    pairs are made from (``data.build_if_missing``: build them when missing).
+    ``train`` and ``optim`` are the loop and optimizer, the same keys as SFT's;
+    ``dpo`` holds only TRL's DPO hyperparameters.
+    """
+
+    stage: str = "dpo"
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    data: TrainDataConfig = field(default_factory=lambda: TrainDataConfig())
+    deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig())
+    # the SFT checkpoint folder; "latest": the newest runs/sft/*/final
+    init: str = "latest"
+    pairs: PairDataConfig = field(default_factory=PairDataConfig)
+    # the same keys as SFT's train.* and optim.*, with DPO's defaults
+    train: TrainConfig = field(default_factory=dpo_train)
+    optim: OptimConfig = field(default_factory=dpo_optim)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    eval: DpoEvalConfig = field(default_factory=DpoEvalConfig)
 
 
 @dataclass
@@ -85,24 +126,30 @@ class RenderConfig:
     cache_dir: str = "data/.backbones"
 
 
-def _dpo_config() -> type:
-    from bayling_duplex.train.dpo import DpoConfig  # next to its stage, like the other components
-
-    return DpoConfig
-
-
-def _eval_config() -> type:
-    from bayling_duplex.cli.eval import EvalConfig  # next to its command, like the other components
-
-    return EvalConfig
+@dataclass
+class EvalConfig:
+    # a checkpoint folder; "latest": the newest runs/<stage>/*/final; "untrained": the backbone as built
+    checkpoint: str = "latest"
+    stage: str = "sft"  # where "latest" looks
+    compare_untrained: bool = True  # also evaluate the untrained backbone, side by side
+    run: RunConfig = field(default_factory=RunConfig)
+    evalset: EvalSetConfig = field(default_factory=EvalSetConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone for "untrained"
+    format: FormatConfig = field(
+        default_factory=FormatConfig
+    )  # used when the checkpoint has no duplex.json
+    batch_size: int = 16
+    plots: int = 8
 
 
 ROOTS: dict[str, type] = {
     "sft": SftConfig,
-    "dpo": _dpo_config(),
+    "dpo": DpoConfig,
     "build": BuildConfig,
     "render": RenderConfig,
-    "eval": _eval_config(),
+    "eval": EvalConfig,
 }
 GROUPS: dict[str, type] = {
     "recipe": RecipeConfig,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bayling_duplex.data.build import MANIFEST, load_split
 from bayling_duplex.data.recipe import BUILDER_VERSION, vocab_fingerprint
+from bayling_duplex.format.spec import FormatSpec
 from bayling_duplex.format.vocab import DuplexVocab
 from bayling_duplex.runtime import is_main_process
 
@@ -23,15 +24,20 @@ def recipe_from_file(name: str):
     """The typed recipe ``data_recipes/<name>.yaml`` (outside a Hydra app)."""
     from omegaconf import OmegaConf
 
-    from bayling_duplex.cli.hydra import repo_root, to_dataclass
+    from bayling_duplex.config import recipes_dir, to_dataclass
     from bayling_duplex.data.recipe import RecipeConfig
 
-    path = repo_root() / "data_recipes" / f"{name}.yaml"
+    path = recipes_dir() / f"{name}.yaml"
     if not path.is_file():
         raise DataMismatchError(f"no recipe {path}")
     raw = OmegaConf.load(path)
     raw.pop("defaults", None)
     return to_dataclass(OmegaConf.merge(OmegaConf.structured(RecipeConfig), raw), RecipeConfig)
+
+
+def manifest_format(manifest: dict) -> FormatSpec:
+    """The format a built dataset (or pair set) was made in, from its manifest."""
+    return FormatSpec.from_json({**manifest["layout"], "silence_codes": manifest["silence_codes"]})
 
 
 def build_command(data_cfg) -> str:

@@ -221,11 +221,12 @@ def load_pairs(conf, tokenizer, vocab, spec):
 
     recipe = recipe_from_file(conf.data.recipe)
     recipe.format.resolve()
-    if (recipe.format.frames_per_block, recipe.format.slots_per_block) != (
-        spec.layout.frames_per_block,
-        spec.layout.slots_per_block,
-    ):
-        raise DataMismatchError(f"recipe {recipe.name}'s layout is not the SFT checkpoint's")
+    diff = recipe.format.spec().differences(spec)
+    if diff:
+        raise DataMismatchError(
+            f"recipe {recipe.name}'s format is not the SFT checkpoint's "
+            f"({'; '.join(diff)}, recipe first)"
+        )
     out = Path(conf.pairs.path)
     want = pair_fingerprint(recipe, conf.pairs, vocab, tokenizer)
 

@@ -11,53 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bayling_duplex.data.mixer import WaveformConfig
 from bayling_duplex.data.synthesis import SynthesisConfig
-from bayling_duplex.format.interleave import FormatSpec
-from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.spec import FormatConfig
 from bayling_duplex.format.vocab import DuplexVocab
 
 # Bump when the builder's output for the same inputs changes.
 BUILDER_VERSION = 1
 SOURCE_KINDS = ("demo", "scripts_jsonl", "timelines_jsonl", "hf_scripts", "hf_timelines")
 CODEC_KINDS = ("toy", "glm4voice")
-
-
-@dataclass
-class FormatConfig:
-    """The ``B:T:B`` layout and the silence code pattern of the speech codec."""
-
-    frames_per_block: int = 10
-    slots_per_block: int = 5
-    frame_rate_hz: float = 12.5
-    silence_codes: list[int] = field(default_factory=lambda: [0])
-    # a JSON file {"silence_codes": [...]} measured from the speech tokenizer
-    # (written by the audio tokenizing command); when set it replaces silence_codes
-    silence_codes_file: str | None = None
-
-    def __post_init__(self) -> None:
-        BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)  # validates
-        if not self.silence_codes and not self.silence_codes_file:
-            raise ValueError(
-                "recipe.format.silence_codes is empty and no silence_codes_file is set"
-            )
-
-    def resolve(self) -> None:
-        """Read ``silence_codes_file`` into ``silence_codes`` (before a build)."""
-        if self.silence_codes_file:
-            path = Path(self.silence_codes_file)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"recipe.format.silence_codes_file {path} does not exist; "
-                    "it is written when audio is tokenized (docs/data.md)"
-                )
-            self.silence_codes = [int(c) for c in json.loads(path.read_text())["silence_codes"]]
-
-    def spec(self) -> FormatSpec:
-        layout = BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)
-        return FormatSpec(layout, tuple(self.silence_codes))
 
 
 @dataclass

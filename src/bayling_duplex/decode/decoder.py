@@ -37,139 +37,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.decode.events import (
+    _REASONS,
+    STOP_END_OF_INPUT,
+    AudioBlock,
+    DecodeResult,
+    Event,
+    Stop,
+    text_events,
+)
+from bayling_duplex.decode.kv_cache import growing_cache
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.vocab import DuplexVocab, check_vocab
-
-STOP_MAX_EPAD = "max_epad"  # the max_epad-th [EPAD] was decoded
-STOP_EOS = "eos"  # <|endoftext|> was decoded in the text channel
-STOP_END_OF_INPUT = "end_of_input"  # the user audio ran out
-_REASONS = {1: STOP_MAX_EPAD, 2: STOP_EOS}
-
-
-@dataclass
-class DecodeConfig:
-    """How tokens are picked and when decoding stops."""
-
-    # 0 = greedy (argmax; the evaluation default). The released runtime samples at 0.8.
-    temperature: float = 0.0
-    # nucleus sampling mass when temperature > 0 (1.0 = off). Released default 0.8.
-    top_p: float = 1.0
-    # added to the [SILENCE] logit while the assistant is not inside a response.
-    # Negative makes it speak sooner: the released `silence_penalty` p is silence_bias = -p.
-    silence_bias: float = 0.0
-    # stop after this many [EPAD]s (the block is finished first); 0 = never (decode
-    # all the user audio). The released runtime's max_epad_count defaults to 1.
-    max_epad: int = 0
-    # seed of the torch.Generator each decode call draws samples from
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"decode.temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"decode.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_epad < 0:
-            raise ValueError(f"decode.max_epad must be >= 0 (0 = never stop), got {self.max_epad}")
-
-
-# --------------------------------------------------------------------------- events
-# ``block`` is the output block k; ``slot`` the text slot j in it (flat index k·T + j).
-# Block k's text and audio describe frames [(k+1)B, (k+2)B): see format §3.
-
-
-@dataclass(frozen=True)
-class Onset:
-    """``<|assistant|>``: a response starts in this slot."""
-
-    block: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class TextToken:
-    """A response's text token (any text-channel id that is not a control token or EOS)."""
-
-    block: int
-    slot: int
-    token_id: int
-
-
-@dataclass(frozen=True)
-class Epad:
-    """``[EPAD]``: the response's speech ends in this slot."""
-
-    block: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class AudioBlock:
-    """The assistant's ``B`` speech codes of block ``block``."""
-
-    block: int
-    codes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Decoding ended after block ``block``: ``reason`` is one of the ``STOP_*`` keys."""
-
-    block: int
-    reason: str
-
-
-Event = Onset | TextToken | Epad | AudioBlock | Stop
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    """One decoded dialogue; arrays cover the ``num_blocks`` blocks that were decoded."""
-
-    num_blocks: int  # K
-    user_codes: np.ndarray  # int64 [K·B], the user frames [0, K·B) that were fed
-    text_ids: np.ndarray  # int64 [K·T], the text channel
-    assistant_codes: np.ndarray  # int64 [K·B], assistant frames [B, (K+1)·B)
-    events: tuple[Event, ...]
-    stop_reason: str  # one of the STOP_* keys
-
-
-def result_to_sequence(result: DecodeResult, vocab: DuplexVocab, layout: BlockLayout) -> np.ndarray:
-    """The interleaved ids ``U_k X_k A_k`` of what was decoded, int64 ``[K·(2B+T)]``.
-
-    Feed it to :func:`bayling_duplex.format.interleave.split_channels` /
-    :func:`~bayling_duplex.format.interleave.response_events` to score a decode.
-    """
-    B, T = layout.frames_per_block, layout.slots_per_block
-    K = result.num_blocks
-    return np.concatenate(
-        [
-            result.user_codes.reshape(K, B) + vocab.audio_start_id,
-            result.text_ids.reshape(K, T),
-            result.assistant_codes.reshape(K, B) + vocab.audio_start_id,
-        ],
-        axis=1,
-    ).reshape(-1)
-
-
-def text_events(block: int, ids: Sequence[int], vocab: DuplexVocab) -> list[Event]:
-    """The events of one block's text channel ``ids`` (``T`` ids, slot order)."""
-    controls = {vocab.silence_id, vocab.pad_id}
-    events: list[Event] = []
-    for slot, tok in enumerate(ids):
-        if tok == vocab.speak_id:
-            events.append(Onset(block, slot))
-        elif tok == vocab.epad_id:
-            events.append(Epad(block, slot))
-        elif tok not in controls and tok != vocab.eos_id:
-            events.append(TextToken(block, slot, int(tok)))
-    return events
-
 
 # --------------------------------------------------------------------------- decoder
 
@@ -445,76 +329,3 @@ class _Session:
         self.assistant_count = self.assistant_count[idx]
         self.epad_count = self.epad_count[idx]
         self.reason = self.reason[idx]
-
-
-# --------------------------------------------------------------------------- KV cache
-
-
-class _GrowingLayer(DynamicLayer):
-    """A ``DynamicLayer`` that appends into spare room instead of re-concatenating.
-
-    transformers' ``DynamicLayer`` concatenates the whole history on every
-    token, an ``O(L)`` copy per token that dominates long dialogues on a CPU.
-    Here keys and values live in a buffer with room to spare (doubled when
-    full), ``keys``/``values`` are views of its filled part, and an append
-    copies the new tokens only. A base method that replaces ``keys`` (``crop``
-    keeps the view; ``batch_repeat_interleave`` does not) is noticed on the
-    next update and the buffer is rebuilt from it.
-    """
-
-    def __init__(self, capacity: int = 0) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self._kbuf: torch.Tensor | None = None
-        self._vbuf: torch.Tensor | None = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, new = self.get_seq_length(), key_states.shape[-2]
-        kbuf = self._kbuf
-        if not self._owns() or n + new > kbuf.shape[-2] or kbuf.shape[0] != key_states.shape[0]:
-            cap = max(self.capacity, 2 * (n + new))
-            self._kbuf = self._regrow(self.keys, n, key_states, cap)
-            self._vbuf = self._regrow(self.values, n, value_states, cap)
-        self._kbuf[..., n : n + new, :] = key_states
-        self._vbuf[..., n : n + new, :] = value_states
-        self.keys = self._kbuf[..., : n + new, :]
-        self.values = self._vbuf[..., : n + new, :]
-        return self.keys, self.values
-
-    def _owns(self) -> bool:
-        """Whether ``keys`` is still the view of the buffer that :meth:`update` left."""
-        return (
-            self._kbuf is not None
-            and self.get_seq_length() > 0
-            and self.keys.data_ptr() == self._kbuf.data_ptr()
-            and self.keys.shape[0] == self._kbuf.shape[0]
-        )
-
-    @staticmethod
-    def _regrow(old: torch.Tensor, n: int, like: torch.Tensor, cap: int) -> torch.Tensor:
-        buf = like.new_empty((*like.shape[:-2], cap, like.shape[-1]))
-        if n:
-            buf[..., :n, :] = old
-        return buf
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if not self._owns():
-            super().batch_select_indices(indices)
-            return
-        n = self.get_seq_length()
-        self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-        self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
-
-
-def growing_cache(config, capacity: int = 0) -> DynamicCache:
-    """A ``DynamicCache`` for ``config`` whose full-attention layers are :class:`_GrowingLayer`.
-
-    ``capacity`` (tokens) is the room reserved at the first update; 0 = just double as needed.
-    """
-    cache = DynamicCache(config=config)
-    cache.layers = [
-        _GrowingLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers
-    ]
-    return cache

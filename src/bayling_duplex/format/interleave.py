@@ -12,13 +12,14 @@ audio tokens for the same frames. Each token also gets a class
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.records import RecordError, Timeline
+from bayling_duplex.format.spec import FormatSpec
 from bayling_duplex.format.vocab import DuplexVocab
 
 IGNORE_INDEX = -100
@@ -33,23 +34,6 @@ class TokenClass(IntEnum):
     TEXT = 3  # a response's text token
     SPEECH = 4  # assistant audio frame inside a response
     SILENT_AUDIO = 5  # assistant audio frame outside every response
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """The layout plus the silence code pattern: all the interleaver needs besides the vocab."""
-
-    layout: BlockLayout = field(default_factory=BlockLayout)
-    silence_codes: tuple[int, ...] = (0,)
-
-    def __post_init__(self) -> None:
-        if not self.silence_codes:
-            raise ValueError("silence_codes must hold at least one code")
-
-    def silence(self, start_frame: int, end_frame: int) -> np.ndarray:
-        """Silence codes for frames ``[start, end)``: frame f gets ``pattern[f % len(pattern)]``."""
-        pat = np.asarray(self.silence_codes, dtype=np.int64)
-        return pat[np.arange(start_frame, end_frame) % len(pat)]
 
 
 @dataclass(frozen=True)

@@ -9,20 +9,32 @@ first (``scripts/convert_glm4voice.py``).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from bayling_duplex.format.vocab import DuplexVocab, VocabConfig, VocabError
-from bayling_duplex.model.embeddings import extend_vocabulary
-from bayling_duplex.model.tiny import TinyConfig, tiny_backbone_dir
+from bayling_duplex.model.tiny import TinyConfig, tiny_backbone_dir, tiny_tokenizer_dir
 
 log = logging.getLogger(__name__)
 
 BACKBONE_KINDS = ("tiny", "hf")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# ``model.dtype``: the precision vocabulary of ``train.precision`` (train/config.py's
+# PRECISIONS, a layer above this one; tests/unit/cli/test_config.py pins the two equal)
+DTYPES = ("fp32", "bf16", "fp16")
+# the torch spellings model.dtype took before: refused, naming the new value
+OLD_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def torch_dtype(name: str):
+    """The ``torch.dtype`` of a precision name (fp32, bf16, fp16)."""
+    import torch
+
+    if name not in DTYPES:
+        hint = f" (now spelled {OLD_DTYPES[name]})" if name in OLD_DTYPES else ""
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}{hint}")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 @dataclass
@@ -32,7 +44,7 @@ class ModelConfig:
     kind: str = "tiny"  # tiny: built offline in-process; hf: a local Hugging Face folder
     path: str | None = None  # the folder, for kind=hf
     trust_remote_code: bool = False  # opt-in only: run the checkpoint's own modelling code
-    dtype: str = "float32"  # weights' dtype when loaded: float32, bfloat16, float16
+    dtype: str = "fp32"  # weights' dtype when loaded: fp32, bf16, fp16 (as train.precision)
     attn_implementation: str | None = (
         None  # sdpa, eager, flash_attention_2; None = transformers' choice
     )
@@ -45,6 +57,11 @@ class ModelConfig:
             raise ValueError(f"model.kind must be one of {BACKBONE_KINDS}, got {self.kind!r}")
         if self.kind == "hf" and not self.path:
             raise ValueError("model.path must name a local Hugging Face folder when model.kind=hf")
+        if self.dtype in OLD_DTYPES:
+            raise ValueError(
+                f"model.dtype={self.dtype} is now spelled {OLD_DTYPES[self.dtype]} "
+                f"(the values of train.precision: {tuple(DTYPES)})"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
 
@@ -62,7 +79,29 @@ def backbone_source(cfg: ModelConfig, cache_dir: str | Path) -> Path:
     return path
 
 
+def tokenizer_source(cfg: ModelConfig, cache_dir: str | Path) -> Path:
+    """A folder holding the backbone's tokenizer; for the tiny backbone, without building
+    (or importing) the model when only the tokenizer is needed (``data render``)."""
+    if cfg.kind == "tiny":
+        return tiny_tokenizer_dir(cfg.tiny, cache_dir)
+    return backbone_source(cfg, cache_dir)
+
+
+# tokenizer classes that are just a tokenizers.json behind transformers' fast tokenizer
+_PLAIN_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer in ``path``. A plain fast tokenizer (the tiny one, a converted
+    GLM-4-Voice one) is loaded directly, which keeps torch out of commands that only
+    tokenize; anything else goes through ``AutoTokenizer``."""
+    path = Path(path)
+    config = path / "tokenizer_config.json"
+    cls = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if not trust_remote_code and cls in _PLAIN_FAST and (path / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -70,7 +109,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 def load_backbone(
     cfg: ModelConfig, vocab_cfg: VocabConfig, cache_dir: str | Path
-) -> tuple[torch.nn.Module, object, DuplexVocab]:
+) -> tuple[object, object, DuplexVocab]:
     """Load model and tokenizer, extend them with the duplex tokens, check the invariants.
 
     Returns ``(model, tokenizer, vocab)``. A checkpoint trained here already holds
@@ -79,9 +118,11 @@ def load_backbone(
     """
     from transformers import AutoModelForCausalLM
 
+    from bayling_duplex.model.embeddings import extend_vocabulary
+
     src = backbone_source(cfg, cache_dir)
     tokenizer = load_tokenizer(src, cfg.trust_remote_code)
-    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    kwargs = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
@@ -98,7 +139,7 @@ def load_backbone(
     return model, tokenizer, vocab
 
 
-def load_trained(path: str | Path, vocab_cfg: VocabConfig, dtype: str = "float32"):
+def load_trained(path: str | Path, vocab_cfg: VocabConfig, dtype: str = "fp32"):
     """Load a checkpoint written by this project: the duplex tokens must already be there.
 
     Raises :class:`VocabError` naming the missing tokens otherwise (no silent extension:
@@ -113,6 +154,6 @@ def load_trained(path: str | Path, vocab_cfg: VocabConfig, dtype: str = "float32
         vocab = resolve_vocab(tokenizer, vocab_cfg)
     except VocabError as e:
         raise VocabError(f"{path}: {e}") from e
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
     check_vocab(vocab, model.get_input_embeddings().weight.shape[0])
     return model, tokenizer, vocab

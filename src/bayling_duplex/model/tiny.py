@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from bayling_duplex.format.vocab import GLM4_CHAT_SPECIALS
 
 # Bump when the construction below changes, so old caches are not reused.
@@ -119,6 +117,7 @@ def padded_rows(num_tokens: int, cfg: TinyConfig) -> int:
 
 def build_tiny_model(cfg: TinyConfig, tokenizer):
     """A randomly initialised ``GlmForCausalLM`` (seeded) sized for ``tokenizer``."""
+    import torch
     from transformers import GlmConfig, GlmForCausalLM
 
     config = GlmConfig(
@@ -152,6 +151,24 @@ def tiny_backbone_dir(cfg: TinyConfig, cache_root: str | Path) -> Path:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def tiny_tokenizer_dir(cfg: TinyConfig, cache_root: str | Path) -> Path:
+    """A folder with the tiny tokenizer alone (no model, so no torch): the full backbone's
+    folder when it is built, else a tokenizer-only folder built once beside it."""
+    full = Path(cache_root) / f"tiny-{cfg.fingerprint()}"
+    if (full / "tokenizer.json").is_file():
+        return full
+    path = full.with_name(f"{full.name}-tokenizer")
+    if (path / "tokenizer.json").is_file():
+        return path
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    build_tiny_tokenizer(cfg).save_pretrained(tmp)
     try:
         tmp.rename(path)
     except OSError:

@@ -8,41 +8,14 @@ weight of 0 removes a class from the loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from bayling_duplex.format.interleave import TokenClass
+from bayling_duplex.train.config import LossWeights  # noqa: F401 (re-exported)
 
 TEXT_CHANNEL = (TokenClass.SILENCE_SLOT, TokenClass.CONTROL, TokenClass.TEXT)
 AUDIO_CHANNEL = (TokenClass.SPEECH, TokenClass.SILENT_AUDIO)
-
-
-@dataclass
-class LossWeights:
-    """Per-class loss weights (all 1.0 by default; 0 removes a class)."""
-
-    silence_slot: float = 1.0  # [SILENCE] in the text channel
-    control: float = 1.0  # <|assistant|>, [PAD], [EPAD]
-    text: float = 1.0  # response text tokens
-    speech: float = 1.0  # assistant audio frames inside a response
-    silent_audio: float = 1.0  # assistant audio frames outside responses
-
-    def __post_init__(self) -> None:
-        for name, w in self.__dict__.items():
-            if w < 0:
-                raise ValueError(f"train.loss_weights.{name} must be >= 0, got {w}")
-
-    def table(self) -> torch.Tensor:
-        """Weights indexed by TokenClass value (user audio is always 0)."""
-        w = torch.zeros(len(TokenClass))
-        w[TokenClass.SILENCE_SLOT] = self.silence_slot
-        w[TokenClass.CONTROL] = self.control
-        w[TokenClass.TEXT] = self.text
-        w[TokenClass.SPEECH] = self.speech
-        w[TokenClass.SILENT_AUDIO] = self.silent_audio
-        return w
 
 
 def token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TINY_MODEL
 
 from bayling_duplex.eval.metrics import EvalItem, judge, summarize
 from bayling_duplex.format.interleave import FormatSpec, ResponseEvent
@@ -127,10 +128,7 @@ def test_eval_command_on_untrained_model(tmp_path):
         "evalset.hesitation=1",
         "plots=4",
         "run.name=t",
-        "model.tiny.hidden_size=32",
-        "model.tiny.intermediate_size=64",
-        "model.tiny.num_heads=2",
-        "model.tiny.num_kv_heads=1",
+        *TINY_MODEL,
     ]
     res = subprocess.run(
         [sys.executable, "-m", "bayling_duplex.eval", *args],

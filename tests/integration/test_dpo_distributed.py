@@ -13,21 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import compose_conf, save_tiny_sft
+from helpers import TINY_MODEL, compose_conf, save_tiny_sft
 
 pytestmark = pytest.mark.slow
 
 ARGS = [
     "run.wandb.mode=disabled",
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
+    *TINY_MODEL,
     "pairs.train=16",
     "pairs.heldout=4",
-    "dpo.max_steps=2",
-    "dpo.batch_size=2",
-    "dpo.logging_steps=1",
+    "train.max_steps=2",
+    "train.batch_size=2",
+    "train.logging_steps=1",
     "eval.enabled=false",
 ]
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import build_small_demo
+from helpers import TINY_MODEL, build_small_demo
 
 from bayling_duplex.cli.hydra import repo_root
 
@@ -22,10 +22,7 @@ ARGS = [
     "train.batch_size=2",
     "train.logging_steps=1",
     "train.eval_dialogues=4",
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
+    *TINY_MODEL,
 ]
 
 

@@ -23,20 +23,20 @@ import torch
 from transformers import DynamicCache
 
 from bayling_duplex.cli.infer import InputError, UserInput, check_inputs, main, read_inputs
-from bayling_duplex.decode.decoder import (
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.decode.decoder import DuplexDecoder
+from bayling_duplex.decode.events import (
     STOP_END_OF_INPUT,
     STOP_EOS,
     STOP_MAX_EPAD,
     AudioBlock,
-    DecodeConfig,
-    DuplexDecoder,
     Epad,
     Onset,
     Stop,
     TextToken,
-    growing_cache,
     result_to_sequence,
 )
+from bayling_duplex.decode.kv_cache import growing_cache
 from bayling_duplex.format.interleave import split_channels
 from bayling_duplex.format.layout import BlockLayout
 

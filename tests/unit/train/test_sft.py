@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import build_small_demo, compose_conf
+from helpers import TINY_MODEL, build_small_demo, compose_conf
 
 from bayling_duplex.format.interleave import TokenClass
 from bayling_duplex.train.collate import DuplexCollator, real_token_share
@@ -14,10 +14,7 @@ from bayling_duplex.train.loss import LossWeights, token_losses, weighted_loss
 
 TINY = [
     "train.behaviour_dialogues=0",
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
+    *TINY_MODEL,
     "run.wandb.mode=disabled",
     "train.batch_size=4",
     "train.logging_steps=1",
@@ -146,12 +143,14 @@ def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path):
 
 
 def test_lora_trains_adapters_and_new_token_rows(small_data, tmp_path):
+    from peft import get_peft_model
+
     from bayling_duplex.model.backbone import load_backbone
-    from bayling_duplex.train.sft import apply_lora
+    from bayling_duplex.train.hf_args import lora_config
 
     conf = sft_conf(small_data, "lora.enabled=true", "lora.r=4")
     model, _, vocab = load_backbone(conf.model, conf.vocab, tmp_path)
-    peft_model = apply_lora(model, conf.lora, list(vocab.control_ids))
+    peft_model = get_peft_model(model, lora_config(conf.lora, list(vocab.control_ids)))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert any("lora_A" in n for n in trainable)
     assert any("embed_tokens" in n and "token_adapter" in n for n in trainable)

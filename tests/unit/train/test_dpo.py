@@ -12,23 +12,20 @@ import sys
 
 import pytest
 import torch
-from helpers import compose_conf, save_tiny_sft
+from helpers import TINY_MODEL, compose_conf, save_tiny_sft
 
 from bayling_duplex.train.dpo import TRL_LOSS_TYPES, PreferenceCollator, trainer_class
 
 TINY = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
+    *TINY_MODEL,
     "run.wandb.mode=disabled",
 ]
 SMALL_RUN = [
     "pairs.train=24",
     "pairs.heldout=8",
-    "dpo.max_steps=2",
-    "dpo.batch_size=4",
-    "dpo.logging_steps=1",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.logging_steps=1",
     "eval.evalset.turn_taking=2",
     "eval.evalset.interruption=2",
     "eval.evalset.backchannel=1",
@@ -54,13 +51,14 @@ def pairs(sft_final):
     from bayling_duplex.data.load import recipe_from_file
     from bayling_duplex.data.pair_build import make_split_pairs
     from bayling_duplex.data.pairs import PairConfig
-    from bayling_duplex.train.dpo import format_of, load_init
+    from bayling_duplex.model.checkpoint import read_format
+    from bayling_duplex.train.dpo import load_init
 
     conf = compose_conf("dpo", TINY)
-    model, tok, vocab = load_init(sft_final, conf.vocab, conf.model)
+    model, tok, vocab = load_init(sft_final, conf)
     recipe = recipe_from_file("demo")
     rows, stats, _ = make_split_pairs(
-        recipe.train, 8, recipe, PairConfig(), tok, vocab, format_of(sft_final).spec()
+        recipe.train, 8, recipe, PairConfig(), tok, vocab, read_format(sft_final)
     )
     assert stats["pairs"] == 8
     return datasets.Dataset.from_dict(rows), model, tok, vocab
@@ -73,7 +71,8 @@ def dpo_conf(sft_final, tmp_path, *extra: str):
 
 
 def make_trainer(conf, ds, model, tok, vocab, out, ref=True):
-    from bayling_duplex.train.dpo import dpo_arguments, lora_config
+    from bayling_duplex.train.dpo import dpo_arguments
+    from bayling_duplex.train.hf_args import lora_config
 
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if ref else None
     return trainer_class()(
@@ -126,6 +125,68 @@ def test_trl_version_and_the_parts_we_rely_on():
         assert f'"{loss_type}"' in loss_src
 
 
+GENERIC = [
+    "train.epochs=2",
+    "train.max_steps=7",
+    "train.batch_size=3",
+    "train.grad_accum=2",
+    "train.gradient_checkpointing=true",
+    "train.logging_steps=5",
+    "train.save_steps=50",
+    "train.save_total_limit=3",
+    "train.eval_steps=25",
+    "train.dataloader_workers=1",
+    "optim.lr=1e-4",
+    "optim.weight_decay=0.01",
+    "optim.warmup_ratio=0.2",
+    "optim.scheduler=linear",
+    "optim.max_grad_norm=0.5",
+    "optim.adam_beta2=0.95",
+    "run.wandb.mode=disabled",
+    "run.seed=3",
+]
+
+
+def test_sft_and_dpo_arguments_come_from_the_one_mapping(tmp_path):
+    """The same train.*/optim.* give SFT's TrainingArguments and DPO's DPOConfig the same
+    generic keywords; each stage adds only its own."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    from bayling_duplex.train.config import OptimConfig, TrainConfig
+    from bayling_duplex.train.dpo import dpo_arguments
+    from bayling_duplex.train.hf_args import training_kwargs
+    from bayling_duplex.train.sft import training_arguments
+
+    sft, dpo = compose_conf("sft", GENERIC), compose_conf("dpo", GENERIC)
+    assert type(dpo.train) is TrainConfig and isinstance(sft.train, TrainConfig)
+    assert type(dpo.optim) is type(sft.optim) is OptimConfig and dpo.optim == sft.optim
+    generic = training_kwargs(dpo.train, dpo.optim, dpo.run, None, tmp_path, True)
+    assert generic == training_kwargs(sft.train, sft.optim, sft.run, None, tmp_path, True)
+    a, b = training_arguments(sft, tmp_path, True), dpo_arguments(dpo, tmp_path, True)
+    assert type(a) is TrainingArguments and type(b) is DPOConfig
+    for key in generic:
+        assert getattr(a, key) == getattr(b, key), key
+    assert (a.learning_rate, a.num_train_epochs, a.adam_beta2) == (1e-4, 2, 0.95)
+    assert a.activation_checkpointing and a.eval_strategy == "steps" and a.eval_steps == 25
+    # the stages' own keywords
+    assert a.train_sampling_strategy == "group_by_length" and a.length_column_name == "num_blocks"
+    assert (b.beta, b.loss_type, b.loss_weights) == (0.1, ["sigmoid", "sft"], [1.0, 1.0])
+    assert b.gradient_checkpointing and b.max_length is None and not b.precompute_ref_log_probs
+    # a stage cannot set a generic keyword its own way
+    with pytest.raises(ValueError, match="learning_rate"):
+        training_kwargs(dpo.train, dpo.optim, dpo.run, None, tmp_path, True, learning_rate=1.0)
+
+
+def test_dpo_lora_has_no_trainable_token_rows():
+    from bayling_duplex.train.config import LoraSettings
+    from bayling_duplex.train.hf_args import lora_config
+
+    assert lora_config(LoraSettings(r=4)).trainable_token_indices is None
+    rows = lora_config(LoraSettings(r=4), [7, 8]).trainable_token_indices
+    assert rows == {"embed_tokens": [7, 8], "lm_head": [7, 8]}
+
+
 def test_trl_sums_exactly_the_scored_tokens_and_starts_at_log2(pairs, tmp_path):
     ds, model, tok, vocab = pairs
     conf = compose_conf("dpo", [*TINY, "dpo.sft_weight=0"])
@@ -149,7 +210,7 @@ def test_trl_sums_exactly_the_scored_tokens_and_starts_at_log2(pairs, tmp_path):
 
 def test_training_prefers_chosen_and_changes_every_parameter(pairs, tmp_path):
     ds, model, tok, vocab = pairs
-    steps = ["dpo.max_steps=6", "dpo.lr=3e-3", "dpo.warmup_ratio=0", "dpo.batch_size=4"]
+    steps = ["train.max_steps=6", "optim.lr=3e-3", "optim.warmup_ratio=0", "train.batch_size=4"]
     conf = compose_conf("dpo", [*TINY, *steps, "dpo.sft_weight=0"])
     policy = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
@@ -167,7 +228,7 @@ def test_lora_trains_the_adapters_against_the_adapter_free_base(pairs, tmp_path)
     ds, model, tok, vocab = pairs
     conf = compose_conf(
         "dpo",
-        [*TINY, "experiment=dpo_lora", "lora.r=4", "dpo.max_steps=3", "dpo.warmup_ratio=0"],
+        [*TINY, "experiment=dpo_lora", "lora.r=4", "train.max_steps=3", "optim.warmup_ratio=0"],
     )
     trainer = make_trainer(conf, ds, copy.deepcopy(model), tok, vocab, tmp_path, ref=False)
     assert trainer.ref_model is None  # the reference is the model with its adapters off
@@ -242,7 +303,9 @@ def test_a_lora_sft_checkpoint_is_merged_and_trained_as_init(tmp_path):
     [
         ("dpo.loss_type=[magic]", "dpo.loss_type"),
         ("dpo.loss_type=[sigmoid,sft]", "dpo.sft_weight"),
-        ("dpo.precision=int8", "dpo.precision"),
+        ("train.precision=int8", "train.precision"),
+        ("optim.lr=0", "optim.lr"),
+        ("dpo.beta=0", "dpo.beta"),
         ("pairs.make.shift_blocks=[0,1]", "pairs.make.shift_blocks"),
         ("pairs.train=0", "pairs.train"),
     ],
@@ -255,10 +318,10 @@ def test_bad_values_fail_naming_the_key(override, key):
 
 
 def test_latest_without_an_sft_run_says_how_to_make_one(tmp_path):
-    from bayling_duplex.train.dpo import latest_sft
+    from bayling_duplex.model.checkpoint import latest_finished
 
     with pytest.raises(FileNotFoundError, match=r"python -m bayling_duplex\.train sft"):
-        latest_sft(tmp_path / "runs")
+        latest_finished("sft", tmp_path / "runs")
 
 
 def test_cli_default_without_sft_run_explains(tmp_path):

@@ -20,8 +20,8 @@ from bayling_duplex.audio.codec import GlmSpeechCodec, silence_pattern
 from bayling_duplex.audio.manifest import WordSpan, word_ends
 from bayling_duplex.audio.tokenize import resume_jsonl
 from bayling_duplex.cli.speech import main
-from bayling_duplex.data.recipe import FormatConfig
 from bayling_duplex.format.records import script_from_json, timeline_from_json
+from bayling_duplex.format.spec import FormatConfig
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,7 +19,7 @@ from bayling_duplex.cli.hydra import config_dir, repo_root
 
 ROOT = repo_root()
 SBATCH = ROOT / "scripts" / "slurm_sft.sbatch"
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # launch_probe.py lives in tests/
 
 
 def slurm_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,221 @@
+"""The training stages' settings: plain dataclasses, shared by SFT and DPO.
+
+Both stages take the same generic parts, ``train.*`` (:class:`TrainConfig`: the
+loop, batches, precision, checkpoints) and ``optim.*`` (:class:`OptimConfig`:
+optimizer and schedule), and ``lora.*`` (:class:`LoraSettings`). What only one
+stage has is its own dataclass: :class:`SftTrainConfig` (SFT's ``train.*``
+extras: sampling, packing, held-out dialogues, loss weights) and
+:class:`DpoSettings` (``dpo.*``: TRL's beta and losses). DPO's defaults for the
+generic parts are :func:`dpo_train` and :func:`dpo_optim`.
+:mod:`bayling_duplex.train.hf_args` maps these to ``TrainingArguments``.
+
+Importing this module imports neither torch nor transformers nor TRL (the root
+schemas and the config checks load it; tests/unit/cli/test_config.py checks).
+Validation is in each ``__post_init__``, its message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bayling_duplex.decode.config import DecodeConfig
+from bayling_duplex.eval.dialogues import EvalSetConfig
+
+# The one precision vocabulary: ``train.precision`` and ``model.dtype`` (whose
+# torch dtypes, model/backbone.py's DTYPES, sit a layer below and are pinned to
+# these names by tests/unit/cli/test_config.py).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# TRL 1.16's DPOConfig.loss_type values (tests/unit/train/test_dpo.py pins them against TRL)
+TRL_LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+# ----------------------------------------------------------------------------- both stages
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer and its schedule (``optim.*``)."""
+
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    scheduler: str = (
+        "cosine"  # any transformers SchedulerType: linear, cosine, constant_with_warmup …
+    )
+    max_grad_norm: float = 1.0
+    adam_beta2: float = 0.98
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop, the same keys in every stage (``train.*``)."""
+
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 16  # per device (DPO: pairs, each two sequences)
+    grad_accum: int = 1
+    precision: str = "fp32"  # PRECISIONS: fp32, bf16, fp16
+    gradient_checkpointing: bool = False
+    logging_steps: int = 20
+    save_steps: int = 500
+    save_total_limit: int = 2
+    # held-out evaluation every this many steps (0: only at the end)
+    eval_steps: int = 250
+    dataloader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("train.batch_size and train.grad_accum must be positive")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters instead of full fine-tuning (``lora.*``)."""
+
+    enabled: bool = False  # full fine-tuning by default
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_up_proj",
+            "down_proj",
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+@dataclass
+class LossWeights:
+    """Per-class loss weights (all 1.0 by default; 0 removes a class)."""
+
+    silence_slot: float = 1.0  # [SILENCE] in the text channel
+    control: float = 1.0  # <|assistant|>, [PAD], [EPAD]
+    text: float = 1.0  # response text tokens
+    speech: float = 1.0  # assistant audio frames inside a response
+    silent_audio: float = 1.0  # assistant audio frames outside responses
+
+    def __post_init__(self) -> None:
+        for name, w in self.__dict__.items():
+            if w < 0:
+                raise ValueError(f"train.loss_weights.{name} must be >= 0, got {w}")
+
+    def table(self):
+        """Weights as a ``torch.Tensor`` indexed by TokenClass value (user audio is always 0)."""
+        import torch
+
+        from bayling_duplex.format.interleave import TokenClass
+
+        w = torch.zeros(len(TokenClass))
+        w[TokenClass.SILENCE_SLOT] = self.silence_slot
+        w[TokenClass.CONTROL] = self.control
+        w[TokenClass.TEXT] = self.text
+        w[TokenClass.SPEECH] = self.speech
+        w[TokenClass.SILENT_AUDIO] = self.silent_audio
+        return w
+
+
+@dataclass
+class SftTrainConfig(TrainConfig):
+    """SFT's ``train.*``: the generic loop and what only SFT has."""
+
+    group_by_length: bool = True  # batches of similar length (little padding)
+    pack: bool = False  # several dialogues per row, attention kept inside each dialogue
+    eval_dialogues: int = 200  # held-out dialogues for the held-out losses
+    # behaviour evaluation (SR@3s, ISR@2s …) on this many held-out dialogues at each
+    # evaluation, split over the four sets; 0 turns it off
+    behaviour_dialogues: int = 48
+    # stop (after saving a checkpoint) at this step: simulates a run that dies, for resume tests
+    stop_after_steps: int | None = None
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+@dataclass
+class DpoSettings:
+    """TRL's DPO hyperparameters (``dpo.*``); DPO's loop and optimizer are ``train.*`` and
+    ``optim.*``, the same keys as SFT's."""
+
+    beta: float = 0.1
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # TRL_LOSS_TYPES
+    loss_weights: list[float] | None = None  # one per loss_type (None: all 1)
+    # > 0 adds TRL's "sft" loss (NLL of the chosen side's scored tokens) with this weight: it
+    # anchors the chosen decision token, which a pairwise margin alone can let drift (docs/dpo.md)
+    sft_weight: float = 1.0
+    # reference log-probs computed once before training: the reference model leaves memory
+    precompute_ref: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.loss_type if t not in TRL_LOSS_TYPES]
+        if not self.loss_type or unknown:
+            raise ValueError(f"dpo.loss_type must hold values of {TRL_LOSS_TYPES}, got {unknown}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError("dpo.loss_weights needs one weight per dpo.loss_type")
+        if self.sft_weight < 0 or (self.sft_weight > 0 and "sft" in self.loss_type):
+            raise ValueError("dpo.sft_weight must be >= 0, and not set when loss_type has 'sft'")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be positive, got {self.beta}")
+
+    def losses(self) -> tuple[list[str], list[float]]:
+        """TRL's ``loss_type`` and ``loss_weights``, the SFT term appended when asked."""
+        types = list(self.loss_type)
+        weights = list(self.loss_weights or [1.0] * len(types))
+        if self.sft_weight > 0:
+            types.append("sft")
+            weights.append(self.sft_weight)
+        return types, weights
+
+
+def dpo_train() -> TrainConfig:
+    """DPO's defaults for ``train.*``: one epoch of 8 pairs per device, rewards of the
+    held-out pairs at the end only. Precision fp32 and no gradient checkpointing, as
+    for SFT: TRL would default to bf16 (even on CPU) and to checkpointing."""
+    return TrainConfig(epochs=1.0, batch_size=8, logging_steps=10, save_total_limit=1, eval_steps=0)
+
+
+def dpo_optim() -> OptimConfig:
+    """DPO's defaults for ``optim.*``: a small step from the SFT weights, 10 % warmup,
+    and transformers' own ``adam_beta2`` (0.999)."""
+    return OptimConfig(lr=2e-5, warmup_ratio=0.1, adam_beta2=0.999)
+
+
+@dataclass
+class DpoEvalConfig:
+    """Behaviour evaluation of the SFT checkpoint and the DPO result on the same dialogues."""
+
+    enabled: bool = True
+    evalset: EvalSetConfig = field(default_factory=EvalSetConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    batch_size: int = 16
+    plots: int = 8
