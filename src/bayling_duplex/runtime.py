@@ -42,3 +42,17 @@ def plain(obj):
     if isinstance(obj, dict) or type(obj).__name__ == "DictConfig":
         return {k: plain(v) for k, v in obj.items()}
     return obj
+
+
+def wait_for_rank0(ready, what: str, timeout_s: float = 3600.0, poll_s: float = 1.0) -> None:
+    """On the other ranks of a launch: wait until ``ready()`` is true (rank 0 is writing
+    ``what``); ``TimeoutError`` naming it after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"timed out after {timeout_s:.0f} s waiting for rank 0 to write {what}"
+            )
+        time.sleep(poll_s)

@@ -31,15 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from bayling_duplex.data.recipe import RecipeConfig, SourceConfig, fingerprint, vocab_fingerprint
+from bayling_duplex.data.sources import count_source, load_backchannels, read_records
 from bayling_duplex.data.synthesis import record_rng, synthesize, with_partner
 from bayling_duplex.format.interleave import check_sequence, interleave
 from bayling_duplex.format.records import (
     RecordError,
     Script,
     Timeline,
-    read_jsonl,
-    script_from_json,
-    timeline_from_json,
 )
 from bayling_duplex.runtime import plain, write_json
 
@@ -62,60 +60,6 @@ class ShardTask:
     out_dir: str
 
 
-# ----------------------------------------------------------------------------- sources
-
-
-def count_source(src: SourceConfig, shard_size: int) -> tuple[int, list[int]]:
-    """Number of source records and the byte offset of each shard's first line (JSON lines)."""
-    if src.kind == "demo":
-        return src.count, []
-    if src.kind.endswith("_jsonl"):
-        offsets, n, pos = [], 0, 0
-        with open(src.path, "rb") as f:
-            for line in f:
-                if n % shard_size == 0:
-                    offsets.append(pos)
-                pos += len(line)
-                n += 1
-                if src.count is not None and n >= src.count:
-                    break
-        return n, offsets
-    return min(len(_hf_dataset(src)), src.count or 1 << 62), []
-
-
-def _hf_dataset(src: SourceConfig):
-    import datasets
-
-    if src.hf_format == "disk":
-        ds = datasets.load_from_disk(src.path)
-        return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
-    return datasets.load_dataset(src.hf_format, data_files=src.path, split=src.split)
-
-
-def _source_records(src: SourceConfig, task: ShardTask, codec, seed: int):
-    """Yield parsed records (Script or Timeline) or RecordError for the task's range."""
-    if src.kind == "demo":
-        from bayling_duplex.data.demo import demo_script
-
-        for i in range(task.first, task.first + task.count):
-            yield demo_script(src.split, i, seed, codec)
-        return
-    parse = script_from_json if "scripts" in src.kind else timeline_from_json
-    if src.kind.endswith("_jsonl"):
-        rows = (obj for _, obj in read_jsonl(src.path, task.byte_offset, task.count))
-    else:
-        ds = _hf_dataset(src)
-        rows = (ds[i] for i in range(task.first, task.first + task.count))
-    for obj in rows:
-        if isinstance(obj, RecordError):
-            yield obj
-            continue
-        try:
-            yield parse(obj)
-        except RecordError as e:
-            yield e
-
-
 # ----------------------------------------------------------------------------- worker
 
 _W: dict = {}
@@ -133,24 +77,10 @@ def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
     from bayling_duplex.audio.codec import ToyCodec
 
     _W["codec"] = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
-    _W["backchannels"] = _load_backchannels(recipe, _W["codec"])
+    _W["backchannels"] = load_backchannels(recipe, _W["codec"])
     from bayling_duplex.data.mixer import WaveformMixer
 
     _W["mixer"] = WaveformMixer.for_recipe(recipe)  # None unless recipe.waveform.level=waveform
-
-
-def _load_backchannels(recipe: RecipeConfig, codec):
-    if recipe.backchannels_path:
-        return tuple(
-            (o["text"], tuple(o["codes"]))
-            for _, o in read_jsonl(recipe.backchannels_path)
-            if isinstance(o, dict)
-        )
-    if codec is not None:
-        from bayling_duplex.data.demo import backchannel_clips
-
-        return backchannel_clips(codec)
-    return ()
 
 
 def _text_ids(texts: list[str]) -> list[list[int]]:
@@ -193,7 +123,11 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
     ids_parts, cls_parts, lengths, rows_meta = [], [], [], []
     rejected: list[dict] = []
     scenarios: Counter = Counter()
-    records = list(_source_records(src, task, _W["codec"], recipe.synthesis.seed))
+    records = list(
+        read_records(
+            src, _W["codec"], recipe.synthesis.seed, task.first, task.count, task.byte_offset
+        )
+    )
     if _W.get("mixer"):
         _W["mixer"].index_shard(src.path, task.byte_offset, task.count)
     for n, record in enumerate(records):

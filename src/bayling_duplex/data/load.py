@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 from bayling_duplex.data.build import MANIFEST, load_split
 from bayling_duplex.data.recipe import BUILDER_VERSION, vocab_fingerprint
 from bayling_duplex.format.spec import FormatSpec
 from bayling_duplex.format.vocab import DuplexVocab
-from bayling_duplex.runtime import is_main_process
+from bayling_duplex.runtime import is_main_process, wait_for_rank0
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,8 @@ def ensure_built(data_cfg, model_cfg, vocab_cfg) -> None:
             path,
             cache_dir=path.parent / ".backbones",
         )
-    else:  # other ranks wait for rank 0's build
-        for _ in range(3600):
-            if (path / MANIFEST).is_file():
-                return
-            time.sleep(1)
-        raise DataMismatchError(f"timed out waiting for rank 0 to build {path}")
+    else:
+        wait_for_rank0((path / MANIFEST).is_file, f"the dataset {path}")
 
 
 def check_manifest(manifest: dict, vocab: DuplexVocab, tokenizer, path: Path) -> None:

@@ -47,42 +47,15 @@ class PairDataConfig:
 # ----------------------------------------------------------------------------- pairs build
 
 
-def _pair_sources(src, codec, seed: int):
-    """Source records of a split: Script, Timeline or RecordError (demo, scripts/timelines JSON lines)."""
-    from bayling_duplex.format.records import (
-        RecordError,
-        read_jsonl,
-        script_from_json,
-        timeline_from_json,
-    )
-
-    if src.kind == "demo":
-        from bayling_duplex.data.demo import demo_script
-
-        for i in range(src.count):
-            yield demo_script(src.split, i, seed, codec)
-        return
-    if src.kind not in ("scripts_jsonl", "timelines_jsonl"):
-        raise ValueError(
-            f"pairs are made from demo, scripts_jsonl or timelines_jsonl, not {src.kind}"
-        )
-    parse = script_from_json if src.kind == "scripts_jsonl" else timeline_from_json
-    for _, obj in read_jsonl(src.path, limit=src.count):
-        try:
-            yield obj if isinstance(obj, RecordError) else parse(obj)
-        except RecordError as e:
-            yield e
-
-
 def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab, spec) -> tuple:
     """``(columns, stats, rejections)``: ``wanted`` pairs from ``src`` (fewer if it runs out)."""
     from bayling_duplex.audio.codec import ToyCodec
-    from bayling_duplex.data.build import _load_backchannels
+    from bayling_duplex.data.sources import load_backchannels, read_records
     from bayling_duplex.data.synthesis import record_rng
     from bayling_duplex.format.records import RecordError, Script
 
     codec = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
-    clips = _load_backchannels(recipe, codec)
+    clips = load_backchannels(recipe, codec)
 
     def ids_of(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -90,7 +63,7 @@ def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab
     rows = {c: [] for c in ("id", "kind", "decision_block", "shift_blocks", *PAIR_COLUMNS)}
     failures, kinds, rejected = Counter(), Counter(), []
     records, partner = 0, None
-    for record in _pair_sources(src, codec, recipe.synthesis.seed):
+    for record in read_records(src, codec, recipe.synthesis.seed):
         if len(rows["id"]) >= wanted:
             break
         records += 1
@@ -217,7 +190,7 @@ def load_pairs(conf, tokenizer, vocab, spec):
 
     from bayling_duplex.data.build import MANIFEST
     from bayling_duplex.data.load import DataMismatchError, recipe_from_file
-    from bayling_duplex.runtime import is_main_process
+    from bayling_duplex.runtime import is_main_process, wait_for_rank0
 
     recipe = recipe_from_file(conf.data.recipe)
     recipe.format.resolve()
@@ -249,11 +222,13 @@ def load_pairs(conf, tokenizer, vocab, spec):
         if is_main_process():
             log.info("making preference pairs into %s", out)
             build_pairs(recipe, conf.pairs, tokenizer, vocab, spec, out)
-        for _ in range(3600):  # other ranks wait for rank 0's build
-            have = built()
-            if have is not None and have["fingerprint"]["combined"] == want["combined"]:
-                break
-            time.sleep(1)
+        else:
+
+            def ready() -> bool:
+                have = built()
+                return have is not None and have["fingerprint"]["combined"] == want["combined"]
+
+            wait_for_rank0(ready, f"the preference pairs {out}")
     manifest = json.loads((out / MANIFEST).read_text())
     train = datasets.load_from_disk(str(out / "train"))
     heldout = (
