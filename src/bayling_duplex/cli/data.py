@@ -61,9 +61,36 @@ def _render(cfg: DictConfig) -> None:
     try:
         conf = to_dataclass(cfg, RenderConfig)
         print(render_record(conf))
-    except (ConfigError, VocabError, FileNotFoundError, RecordError, KeyError, IndexError) as e:
+    except (
+        ConfigError,
+        VocabError,
+        FileNotFoundError,
+        RecordError,
+        RenderError,
+        KeyError,
+        IndexError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class RenderError(ValueError):
+    """A record or split to render that is not there (the message lists what is)."""
+
+
+def _pick(ids: list[str], record: str | None, index: int, where: str) -> int:
+    """The position of ``record`` (by id) or of ``index`` among ``ids``; RenderError naming
+    what was asked and what exists otherwise."""
+    shown = ", ".join(map(repr, ids[:5])) + (", …" if len(ids) > 5 else "")
+    have = f"{where} holds {len(ids)} record(s)" + (f", first ids: {shown}" if ids else "")
+    if record is not None:
+        try:
+            return ids.index(record)
+        except ValueError:
+            raise RenderError(f"record={record!r} is not in {where}: {have}") from None
+    if not -len(ids) <= index < len(ids):
+        raise RenderError(f"index={index} is out of range: {have}")
+    return index % len(ids)
 
 
 def render_record(conf) -> str:
@@ -91,12 +118,14 @@ def render_record(conf) -> str:
     if (src / MANIFEST).is_file():
         manifest = json.loads((src / MANIFEST).read_text())
         layout = BlockLayout(**manifest["layout"])
+        splits = manifest.get("splits", {})
+        if conf.split not in splits:
+            raise RenderError(
+                f"split={conf.split!r} is not in the built dataset {src}: its splits are "
+                f"{', '.join(map(repr, splits)) or 'none'}"
+            )
         ds = load_split(src, conf.split)
-        row = (
-            ds[conf.index]
-            if conf.record is None
-            else ds.filter(lambda r: r["id"] == conf.record)[0]
-        )
+        row = ds[_pick(ds["id"], conf.record, conf.index, f"split {conf.split!r} of {src}")]
         meta = json.loads(row["meta"])
         timeline = Timeline(
             row["id"],
@@ -114,11 +143,10 @@ def render_record(conf) -> str:
         spec = conf.format.spec()
         layout = spec.layout
         objs = [o for _, o in read_jsonl(src)]
-        obj = (
-            objs[conf.index]
-            if conf.record is None
-            else next(o for o in objs if o.get("id") == conf.record)
-        )
+        ids = [str(o.get("id", "")) if isinstance(o, dict) else "" for o in objs]
+        obj = objs[_pick(ids, conf.record, conf.index, str(src))]
+        if isinstance(obj, RecordError):  # a line that is not JSON
+            raise obj
         timeline = timeline_from_json(obj)
         ids = (
             tok([r.text for r in timeline.responses], add_special_tokens=False)["input_ids"]

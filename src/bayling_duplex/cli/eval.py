@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bayling_duplex.cli.hydra import ConfigError, plain, run_hydra_command, to_dataclass
-from bayling_duplex.cli.run_dir import RunDirError, prepare_run_dir
+from bayling_duplex.cli.run_dir import RunDirError, prepare_run_dir, run_name_error
 from bayling_duplex.cli.schemas import EvalConfig
 from bayling_duplex.format.vocab import VocabError
 
@@ -34,8 +34,33 @@ def load_for_eval(conf: EvalConfig, which: str, run_dir: Path):
     return model, tok, vocab, checkpoint.read_format(which, default=conf.format.spec())
 
 
+def describe_model(conf: EvalConfig, which: str, spec) -> dict:
+    """What report.json and summary.md record about ``which`` (a folder, or ``untrained``)."""
+    from bayling_duplex.model import checkpoint
+
+    if which == "untrained":
+        m = conf.model
+        backbone = f"model.kind={m.kind}"
+        if m.path:
+            backbone += f", model.path={m.path}"
+        elif m.kind == "tiny":
+            backbone += f", hidden {m.tiny.hidden_size}, {m.tiny.num_layers} layers"
+        return {
+            "path": None,
+            "untrained": True,
+            "backbone": backbone,
+            "steps": 0,
+            "format": spec.to_json(),
+        }
+    desc = checkpoint.describe(which)
+    if desc["format"] is None:
+        desc["format"] = spec.to_json()
+        desc["format_from"] = "the config's format.*"
+    return desc
+
+
 def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
-    from bayling_duplex.eval.dialogues import build_eval_items
+    from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import write_report
     from bayling_duplex.eval.runner import evaluate_model
     from bayling_duplex.model import checkpoint
@@ -43,26 +68,32 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     target = (
         conf.checkpoint
         if conf.checkpoint == "untrained"
-        else str(checkpoint.resolve(conf.checkpoint, conf.stage))
+        else str(checkpoint.resolve(conf.checkpoint, conf.stage).resolve())
     )
+    if conf.checkpoint != target:
+        log.info("checkpoint=%s resolved to %s", conf.checkpoint, target)
     names = {"model": target} if target != "untrained" else {}
     if conf.compare_untrained or target == "untrained":
         names["untrained"] = "untrained"
-    reports, outcomes, items = {}, {}, None
+    reports, outcomes, models, evalsets = {}, {}, {}, None
     for label, which in names.items():
         model, tok, vocab, spec = load_for_eval(conf, which, run_dir)
-        if items is None:
-            items = build_eval_items(
+        models[label] = describe_model(conf, which, spec)
+        if evalsets is None:
+            evalsets = build_eval_sets(
                 conf.evalset,
                 spec,
                 lambda texts, t=tok: t(texts, add_special_tokens=False)["input_ids"],
             )
+        items = evalsets.items
         log.info("evaluating %s (%s) on %d dialogues", label, which, len(items))
         reports[label], outcomes[label], _ = evaluate_model(
             model, tok, vocab, spec.layout, items, conf.decode, conf.batch_size, progress=True
         )
-    write_report(run_dir, reports, outcomes, items, spec.layout, conf.plots)
-    summary = {"checkpoint": target, "reports": reports}
+    write_report(
+        run_dir, reports, outcomes, items, spec.layout, conf.plots, evalsets.counts, models
+    )
+    summary = {"checkpoint": target, "models": models, "reports": reports}
     print((run_dir / "summary.md").read_text())
     print(
         f"report: {run_dir / 'report.json'}; plots: {run_dir / 'latency.png'}, {run_dir / 'timelines.png'}"
@@ -73,22 +104,35 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
 def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from bayling_duplex.cli.run_dir import release_run_dir, run_dir_entries
+
+    hc = HydraConfig.get()
+    out, hydra_files = hc.runtime.output_dir, (f"{hc.job.name}.log",)
+    before = run_dir_entries(out, hydra_files)  # what earlier runs left: never removed
     try:
         conf = to_dataclass(cfg, EvalConfig)
-        hc = HydraConfig.get()
-        run_dir = prepare_run_dir(
-            hc.runtime.output_dir, conf.run, plain(conf), ignore=(f"{hc.job.name}.log",)
-        )
+        run_dir = prepare_run_dir(out, conf.run, plain(conf), ignore=hydra_files)
+        if conf.run.overwrite:
+            before = set()  # what was there is gone, as asked
         run_eval(conf, Path(run_dir))
     except (ConfigError, RunDirError, VocabError, FileNotFoundError, ValueError) as e:
+        # a failure before report.json leaves the folder as it was: the corrected rerun runs
+        release_run_dir(out, before, hydra_files)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BaseException:
+        release_run_dir(out, before, hydra_files)
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["run"]:
         argv = ["run", *argv]  # a single command: `python -m bayling_duplex.eval [overrides]`
+    bad_name = run_name_error(argv[1:])  # before Hydra makes a folder of it
+    if bad_name:
+        print(f"error: {bad_name}", file=sys.stderr)
+        raise SystemExit(2)
     run_hydra_command("eval", {"run": ("eval", _main)}, argv)
 
 

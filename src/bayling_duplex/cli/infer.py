@@ -180,7 +180,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ratio",
         default=None,
-        help="block layout B:T:B (default: the checkpoint's duplex.json, else 10:5:10)",
+        help="block layout B:T:B: must match the checkpoint's duplex.json (the default); "
+        "a checkpoint without one: default 10:5:10",
     )
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=d.top_p)
@@ -205,12 +206,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def checkpoint_ratio(path: Path) -> str:
-    """The ``B:T:B`` a checkpoint was trained with (its ``duplex.json``), else the default."""
-    from bayling_duplex.format.spec import FormatSpec
-    from bayling_duplex.model.checkpoint import read_format
+def checkpoint_layout(path: Path, ratio: str | None) -> BlockLayout:
+    """The block layout to decode ``path`` with: the one its ``duplex.json`` records.
 
-    return read_format(path, default=FormatSpec()).layout.ratio
+    ``--ratio`` may only repeat it (a model trained on 10:5:10 blocks decoded as 8:4:8
+    gives garbage, silently); a checkpoint without ``duplex.json`` decodes with
+    ``--ratio`` (default 10:5:10) and a warning that the layout is unchecked."""
+    from bayling_duplex.format.spec import FormatSpec
+    from bayling_duplex.model.checkpoint import DUPLEX_META, read_meta
+
+    if not (path / DUPLEX_META).is_file():
+        layout = BlockLayout.parse(ratio or FormatSpec().layout.ratio)
+        log.warning(
+            "%s has no %s: decoding with the %s layout (%s), which nothing checks against "
+            "what the model was trained on",
+            path,
+            DUPLEX_META,
+            layout.ratio,
+            "--ratio" if ratio else "the default",
+        )
+        return layout
+    trained = read_meta(path).format.layout
+    if ratio is not None:
+        asked = BlockLayout.parse(ratio, trained.frame_rate_hz)
+        if (asked.frames_per_block, asked.slots_per_block) != (
+            trained.frames_per_block,
+            trained.slots_per_block,
+        ):
+            raise ValueError(
+                f"--ratio {ratio} does not match the checkpoint: {path / DUPLEX_META} says it "
+                f"was trained on {trained.ratio} blocks; drop --ratio (or pass {trained.ratio})"
+            )
+    return trained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             max_epad=args.max_epad,
             seed=args.seed,
         )
-        layout = BlockLayout.parse(args.ratio or checkpoint_ratio(Path(args.checkpoint)))
+        from bayling_duplex.model import checkpoint
+
+        path = checkpoint.resolve(args.checkpoint, "sft")  # names a missing folder
+        layout = checkpoint_layout(path, args.ratio)
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
         # 2. input file
@@ -233,11 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         # 3. checkpoint (the duplex tokens must be there)
         import torch
 
-        from bayling_duplex.model.backbone import load_trained
-
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
-        model, tokenizer, vocab = load_trained(args.checkpoint, VocabConfig(), dtype=dtype)
+        model, tokenizer, vocab = checkpoint.load(path, VocabConfig(), dtype=dtype)
         model.to(device).eval()
         inputs = check_inputs(inputs, vocab.num_audio, layout)
     except (InputError, VocabError, ValueError, OSError) as e:

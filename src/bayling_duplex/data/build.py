@@ -6,17 +6,21 @@ Layout of a built dataset::
     <out>/<split>/shard-00000/     a Hugging Face dataset (save_to_disk) …
         stats.json                 … with its counts, lengths and rejections
         rejections.jsonl           one line per rejected record: id, reason, detail
+        record_ids.json            the ids its records had, and each row's record
     <out>/manifest.json            written last, from the shards' stats
 
 Shard ``i`` holds source records ``[i·S, (i+1)·S)``, and every random choice is
 seeded by the record id, so a shard's content does not depend on the worker
 that built it. A shard is written to a temporary folder and renamed when
 complete: an interrupted build resumes by skipping finished shards and never
-sees a half-written one.
+sees a half-written one. A record repeating an id read earlier in its split is
+rejected (``duplicate_id``): inside a shard as it is read, across shards by a
+pass over the finished shards' ``record_ids.json`` before the manifest.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
@@ -44,6 +48,7 @@ from bayling_duplex.runtime import plain, write_json
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PLAN = "build_plan.json"
+RECORD_IDS = "record_ids.json"
 
 
 class BuildError(RuntimeError):
@@ -54,7 +59,7 @@ class BuildError(RuntimeError):
 class ShardTask:
     split: str
     index: int
-    first: int  # index of its first source record
+    first: int  # index of its first source record (JSON lines: line first + 1, 1-based)
     count: int
     byte_offset: int  # for JSON-lines sources
     out_dir: str
@@ -72,7 +77,11 @@ def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
     tok = load_tokenizer(tokenizer_dir)
     extend_tokenizer(tok, vocab_cfg)
     _W.update(
-        recipe=recipe, tok=tok, vocab=resolve_vocab(tok, vocab_cfg), spec=recipe.format.spec()
+        recipe=recipe,
+        tok=tok,
+        vocab=resolve_vocab(tok, vocab_cfg),
+        spec=recipe.format.spec(),
+        limits=recipe.record_limits(),
     )
     from bayling_duplex.audio.codec import ToyCodec
 
@@ -119,34 +128,43 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
     import datasets
     import pyarrow as pa
 
-    recipe, spec, vocab = _W["recipe"], _W["spec"], _W["vocab"]
-    ids_parts, cls_parts, lengths, rows_meta = [], [], [], []
+    recipe, spec, vocab, limits = _W["recipe"], _W["spec"], _W["vocab"], _W["limits"]
+    ids_parts, cls_parts, lengths, rows_meta, row_records = [], [], [], [], []
     rejected: list[dict] = []
     scenarios: Counter = Counter()
+    seen: dict[str, str] = {}  # the ids of this shard's records, and where each was read
     records = list(
         read_records(
-            src, _W["codec"], recipe.synthesis.seed, task.first, task.count, task.byte_offset
+            src,
+            _W["codec"],
+            recipe.synthesis.seed,
+            task.first,
+            task.count,
+            task.byte_offset,
+            limits,
+            seen,
         )
     )
     if _W.get("mixer"):
         _W["mixer"].index_shard(src.path, task.byte_offset, task.count)
+    scripts = [k for k, r in enumerate(records) if isinstance(r, Script)]
     for n, record in enumerate(records):
         if isinstance(record, RecordError):
             rejected.append(
                 {"id": record.record_id, "reason": record.reason, "detail": record.detail}
             )
             continue
-        nxt = records[(n + 1) % len(records)]
-        partner = nxt.turns[0] if isinstance(nxt, Script) and nxt is not record else None
+        partner = _partner(records, scripts, n)
         try:
             for t, text_ids in _timelines(record, recipe, partner):
-                seq = interleave(t, text_ids, spec, vocab)
+                seq = interleave(t, text_ids, spec, vocab, max_seq_len=limits.max_seq_len)
                 check_sequence(seq, spec.layout, vocab)
                 ids_parts.append(seq.input_ids.astype(np.int32))
                 cls_parts.append(seq.classes)
                 lengths.append(seq.num_blocks)
                 scenarios[t.scenario or "given"] += 1
                 rows_meta.append((t.id, t.scenario or "given", _meta_json(t)))
+                row_records.append(record.id)
         except RecordError as e:
             rejected.append({"id": e.record_id, "reason": e.reason, "detail": e.detail})
 
@@ -183,9 +201,19 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
     with open(tmp / "rejections.jsonl", "w") as f:
         for r in rejected:
             f.write(json.dumps(r) + "\n")
+    write_json(tmp / RECORD_IDS, {"records": seen, "rows": row_records})
     write_json(tmp / "stats.json", stats)
     tmp.rename(final)
     return stats
+
+
+def _partner(records: list, scripts: list[int], n: int):
+    """The first turn of the next script after record ``n`` in the shard (wrapping, past
+    rejected records), or None. ``scripts`` are the indices of the shard's scripts."""
+    if len(scripts) < 2 or not isinstance(records[n], Script):
+        return None
+    k = bisect.bisect_right(scripts, n) % len(scripts)
+    return records[scripts[k]].turns[0]
 
 
 def _meta_json(t) -> str:
@@ -211,7 +239,7 @@ def _run_task(args) -> dict:
 def plan_shards(recipe: RecipeConfig, out: Path) -> list[tuple[ShardTask, SourceConfig]]:
     tasks = []
     for split, src in recipe.splits().items():
-        total, offsets = count_source(src, recipe.shard_size)
+        total, offsets = count_source(src, recipe.shard_size, recipe.limits.max_line_bytes)
         for i, first in enumerate(range(0, total, recipe.shard_size)):
             tasks.append(
                 (
@@ -272,6 +300,15 @@ def run_build(
             f"recipe.codec.num_codes={recipe.codec.num_codes} exceeds the tokenizer's "
             f"{vocab.num_audio} audio tokens"
         )
+    bad = [c for c in recipe.format.silence_codes if not 0 <= c < vocab.num_audio]
+    if bad:  # a config error: fail once here, not once per record
+        file = recipe.format.silence_codes_file
+        raise BuildError(
+            f"recipe.format.silence_codes={list(recipe.format.silence_codes)}"
+            f"{f' (read from recipe.format.silence_codes_file {file})' if file else ''}: "
+            f"{bad} outside the tokenizer's audio codes [0, {vocab.num_audio}); "
+            "silence codes are speech codes"
+        )
     fp = fingerprint(plain(recipe), vocab_fingerprint(vocab, tok), recipe.codec.name)
     plan_path = out / PLAN
     if plan_path.is_file():
@@ -321,6 +358,8 @@ def run_build(
             for _ in pool.imap_unordered(_run_task, todo):
                 bar.update()
     bar.close()
+    for split in recipe.splits():
+        reject_repeated_ids([t for t, _ in tasks if t.split == split], recipe.format.spec())
     manifest = summarize(out, recipe, fp, tasks, time.perf_counter() - start)
     write_json(out / MANIFEST, manifest)
     if manifest["status"] != "ok":
@@ -328,23 +367,86 @@ def run_build(
     return manifest
 
 
+def reject_repeated_ids(tasks: list[ShardTask], spec) -> int:
+    """The cross-shard half of ``duplicate_id``: a record whose id an earlier shard of the
+    split read is rejected, and its rows leave its (rewritten) shard. Returns how many.
+
+    Each shard rejected its own repeats as it read them; this pass compares the finished
+    shards' ``record_ids.json`` in order. A rewritten shard no longer lists the ids it
+    dropped, so running the pass again (a resumed build) changes nothing.
+    """
+    seen: dict[str, str] = {}
+    dropped = 0
+    for task in sorted(tasks, key=lambda t: t.index):
+        folder = Path(task.out_dir)
+        if not (folder / RECORD_IDS).is_file():  # a shard of an older builder
+            continue
+        ids = json.loads((folder / RECORD_IDS).read_text())
+        repeated = {rid: where for rid, where in ids["records"].items() if rid in seen}
+        if repeated:
+            _drop_records(folder, ids, repeated, seen, spec)
+            dropped += len(repeated)
+        for rid, where in ids["records"].items():
+            seen.setdefault(rid, where)
+    return dropped
+
+
+def _drop_records(folder: Path, ids: dict, repeated: dict, seen: dict, spec) -> None:
+    """Rewrite shard ``folder`` without the rows of the ``repeated`` records, rejecting them."""
+    import datasets
+
+    keep = [i for i, rid in enumerate(ids["rows"]) if rid not in repeated]
+    ds = datasets.load_from_disk(str(folder))
+    kept = ds.select(keep)
+    stats = json.loads((folder / "stats.json").read_text())
+    blocks = kept["num_blocks"]
+    stats.update(
+        sequences=len(kept),
+        tokens=sum(blocks) * spec.layout.block_len,
+        scenarios=dict(Counter(kept["scenario"])),
+        rejected=stats["rejected"] + len(repeated),
+        rejections_by_reason=dict(
+            Counter(stats["rejections_by_reason"]) + Counter({"duplicate_id": len(repeated)})
+        ),
+        num_blocks_hist=dict(Counter(blocks)),
+    )
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.disable_progress_bars()
+    kept.save_to_disk(str(tmp))
+    with open(folder / "rejections.jsonl") as f, open(tmp / "rejections.jsonl", "w") as g:
+        g.write(f.read())
+        for rid, where in repeated.items():
+            detail = f"{where} repeats the id of {seen[rid]}"
+            g.write(json.dumps({"id": rid, "reason": "duplicate_id", "detail": detail}) + "\n")
+    records = {rid: where for rid, where in ids["records"].items() if rid not in repeated}
+    write_json(tmp / RECORD_IDS, {"records": records, "rows": [ids["rows"][i] for i in keep]})
+    write_json(tmp / "stats.json", stats)
+    del ds, kept
+    # the old folder goes aside under a name the next run cleans up (.shard-*.tmp*)
+    old = folder.with_name(f".{folder.name}.tmp-old{os.getpid()}")
+    folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def summarize(out: Path, recipe: RecipeConfig, fp: dict, tasks, seconds: float) -> dict:
-    splits: dict[str, dict] = {}
+    splits: dict[str, dict] = {
+        split: {  # every split of the recipe, also one whose source held no record
+            "records": 0,
+            "sequences": 0,
+            "tokens": 0,
+            "rejected": 0,
+            "scenarios": Counter(),
+            "rejections_by_reason": Counter(),
+            "hist": Counter(),
+            "shards": [],
+        }
+        for split in recipe.splits()
+    }
     for task, _ in tasks:
         st = json.loads((Path(task.out_dir) / "stats.json").read_text())
-        agg = splits.setdefault(
-            task.split,
-            {
-                "records": 0,
-                "sequences": 0,
-                "tokens": 0,
-                "rejected": 0,
-                "scenarios": Counter(),
-                "rejections_by_reason": Counter(),
-                "hist": Counter(),
-                "shards": [],
-            },
-        )
+        agg = splits[task.split]
         for k in ("records", "sequences", "tokens", "rejected"):
             agg[k] += st[k]
         agg["scenarios"].update(st["scenarios"])
@@ -375,15 +477,26 @@ def summarize(out: Path, recipe: RecipeConfig, fp: dict, tasks, seconds: float) 
             "p90": int(np.percentile(blocks, 90)),
             "max": int(blocks.max()),
         }
+        # tokens of the longest sequence: training refuses a model with fewer positions
+        agg["max_seq_len"] = int(blocks.max()) * (
+            2 * recipe.format.frames_per_block + recipe.format.slots_per_block
+        )
         agg["num_blocks_hist"] = {str(k): v for k, v in sorted(hist.items())}
         agg["scenarios"] = dict(agg["scenarios"])
         agg["rejections_by_reason"] = dict(agg["rejections_by_reason"])
         share = agg["rejected"] / max(1, agg["records"])
         agg["rejected_share"] = round(share, 5)
-        if share > recipe.max_reject_share:
-            top = ", ".join(
-                f"{r}: {n}" for r, n in Counter(agg["rejections_by_reason"]).most_common(5)
+        top = ", ".join(f"{r}: {n}" for r, n in Counter(agg["rejections_by_reason"]).most_common(5))
+        if agg["sequences"] == 0:
+            src = recipe.splits()[split]
+            source = f"{src.kind} {src.path}" if src.path else f"{src.kind} {src.split}"
+            failures.append(
+                f"split {split} yields no sequence: its source ({source}) holds no record"
+                if agg["rejected"] == 0
+                else f"split {split} yields no sequence: all {agg['rejected']} records rejected; "
+                f"by reason: {top}; see {out}/{split}/shard-*/rejections.jsonl"
             )
+        elif share > recipe.max_reject_share:
             failures.append(
                 f"split {split}: {agg['rejected']} of {agg['records']} records rejected "
                 f"({share:.1%} > max_reject_share {recipe.max_reject_share:.1%}); by reason: {top}; "
@@ -404,6 +517,12 @@ def load_split(data_dir: str | Path, split: str):
     data_dir = Path(data_dir)
     manifest = json.loads((data_dir / MANIFEST).read_text())
     shards = manifest["splits"][split]["shards"]
-    return datasets.concatenate_datasets(
-        [datasets.load_from_disk(str(data_dir / s)) for s in shards]
-    )
+    # a shard whose every record was rejected holds no row, and datasets cannot load that
+    full = [s for s in shards if _shard_rows(data_dir / s)]
+    if not full:
+        raise BuildError(f"split {split} of {data_dir} holds no sequence")
+    return datasets.concatenate_datasets([datasets.load_from_disk(str(data_dir / s)) for s in full])
+
+
+def _shard_rows(folder: Path) -> int:
+    return json.loads((folder / "stats.json").read_text())["sequences"]

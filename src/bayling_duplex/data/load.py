@@ -7,7 +7,12 @@ import logging
 from pathlib import Path
 
 from bayling_duplex.data.build import MANIFEST, load_split
-from bayling_duplex.data.recipe import BUILDER_VERSION, vocab_fingerprint
+from bayling_duplex.data.recipe import (
+    BUILDER_VERSION,
+    differences,
+    mismatch_message,
+    vocab_fingerprint,
+)
 from bayling_duplex.format.spec import FormatSpec
 from bayling_duplex.format.vocab import DuplexVocab
 from bayling_duplex.runtime import is_main_process, wait_for_rank0
@@ -16,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class DataMismatchError(FileNotFoundError):
-    """Missing data, or data built for another vocabulary / builder."""
+    """Missing or unusable data, or data built for another configuration."""
 
 
 def recipe_from_file(name: str):
@@ -69,29 +74,100 @@ def ensure_built(data_cfg, model_cfg, vocab_cfg) -> None:
         wait_for_rank0((path / MANIFEST).is_file, f"the dataset {path}")
 
 
-def check_manifest(manifest: dict, vocab: DuplexVocab, tokenizer, path: Path) -> None:
-    """Refuse data whose fingerprint does not match, naming the part that differs."""
+def recipe_format(recipe, manifest: dict) -> FormatSpec:
+    """The format ``recipe`` builds in. Its silence codes come from its
+    ``silence_codes_file`` when that is set; when the file is not here (training away
+    from the sources) they cannot be known and are taken as the data's."""
+    cfg = recipe.format
+    try:
+        cfg.resolve()
+    except FileNotFoundError:
+        log.warning(
+            "recipe %s's silence_codes_file %s is not here: the data's silence codes are not checked",
+            recipe.name,
+            cfg.silence_codes_file,
+        )
+        cfg.silence_codes = list(manifest["silence_codes"])
+    return cfg.spec()
+
+
+def check_manifest(
+    manifest: dict,
+    vocab: DuplexVocab,
+    tokenizer,
+    path: Path,
+    recipe=None,
+    max_positions: int | None = None,
+    splits: tuple[str, ...] = ("train",),
+) -> None:
+    """Refuse data training cannot use, in one line: a failed build; no ``train`` split or
+    one without sequences; a fingerprint part that differs from this configuration
+    (every one, with both values: the format and codec of ``recipe``, the builder
+    version, the vocabulary); a sequence of ``splits`` longer than ``max_positions``."""
     if manifest.get("status") != "ok":
         raise DataMismatchError(f"{path} is a failed build: {manifest.get('failure')}")
-    fp = manifest["fingerprint"]
-    problems = []
-    if fp["builder"] != BUILDER_VERSION:
-        problems.append(f"builder version {fp['builder']} (this code writes {BUILDER_VERSION})")
-    if fp["vocab"] != vocab_fingerprint(vocab, tokenizer):
-        problems.append(
-            "vocabulary (the tokenizer or the duplex token ids differ from the model's)"
-        )
-    if problems:
+    have = manifest.get("splits") or {}
+    if "train" not in have or not have["train"].get("sequences"):
+        listed = ", ".join(f"{k} ({v.get('sequences', 0)} sequences)" for k, v in have.items())
         raise DataMismatchError(
-            f"{path} was built for another configuration: {'; '.join(problems)}; "
-            "rebuild it with the model's tokenizer (data build … overwrite=true)"
+            f"{path} holds no training sequences: its manifest has "
+            f"{'no train split' if 'train' not in have else 'an empty train split'} "
+            f"(splits: {listed or 'none'}); rebuild it from a source with records"
         )
+    fp = manifest["fingerprint"]
+    expected = {"builder": BUILDER_VERSION, "vocab": vocab_fingerprint(vocab, tokenizer)}
+    parts = []
+    if recipe is not None:
+        built_format = manifest_format(manifest)
+        parts += [f"format.{d}" for d in built_format.differences(recipe_format(recipe, manifest))]
+        expected["codec"] = recipe.codec.name
+    parts += differences(
+        fp, expected, keys=[k for k in ("codec", "builder", "vocab") if k in expected]
+    )
+    if fp.get("vocab") != expected["vocab"]:
+        parts[-1] += (
+            " (another vocabulary: the tokenizer or the duplex token ids differ from the model's)"
+        )
+    if parts:
+        name = recipe.name if recipe is not None else "…"
+        raise DataMismatchError(
+            mismatch_message(
+                str(path),
+                parts,
+                f"rebuild it for this model and recipe (python -m bayling_duplex.data build "
+                f"recipe={name} output_dir={path} overwrite=true), or set data.recipe to the "
+                "recipe it was built with",
+            )
+        )
+    if max_positions:
+        block_len = manifest_format(manifest).layout.block_len
+        for split in splits:
+            s = have[split]
+            longest = s.get("max_seq_len") or s["num_blocks"]["max"] * block_len
+            if longest > max_positions:
+                raise DataMismatchError(
+                    f"{path}: the longest {split} sequence has {longest} tokens, more than the "
+                    f"model's max_position_embeddings={max_positions}; rebuild the data with "
+                    f"recipe.limits.max_seq_len={max_positions} (longer dialogues are then "
+                    "rejected) or train a model with more positions"
+                )
 
 
 def load_training_data(
-    data_cfg, vocab: DuplexVocab, tokenizer, eval_dialogues: int, model_cfg=None, vocab_cfg=None
+    data_cfg,
+    vocab: DuplexVocab,
+    tokenizer,
+    eval_dialogues: int,
+    model_cfg=None,
+    vocab_cfg=None,
+    max_positions: int | None = None,
 ):
-    """``(train, heldout or None, manifest)`` as Hugging Face datasets with the columns the collator needs."""
+    """``(train, heldout or None, manifest)`` as Hugging Face datasets with the columns the collator needs.
+
+    The data is checked first (:func:`check_manifest`) against the recipe
+    ``data_cfg.recipe`` names, this vocabulary and ``max_positions`` (the model's
+    ``max_position_embeddings``).
+    """
     if model_cfg is not None:
         ensure_built(data_cfg, model_cfg, vocab_cfg)
     path = Path(data_cfg.path)
@@ -100,11 +176,20 @@ def load_training_data(
             f"no built dataset at {path}; build it first:\n  {build_command(data_cfg)}"
         )
     manifest = json.loads((path / MANIFEST).read_text())
-    check_manifest(manifest, vocab, tokenizer, path)
+    try:
+        recipe = recipe_from_file(data_cfg.recipe)
+    except DataMismatchError as e:
+        raise DataMismatchError(
+            f"data.recipe={data_cfg.recipe}: {e}; data.recipe names the recipe {path} was "
+            "built with (training checks the data's format and codec against it)"
+        ) from None
+    use_eval = data_cfg.eval_split in manifest.get("splits", {}) and eval_dialogues > 0
+    splits = ("train", data_cfg.eval_split) if use_eval else ("train",)
+    check_manifest(manifest, vocab, tokenizer, path, recipe, max_positions, splits)
     keep = ["input_ids", "classes", "num_blocks"]
     train = load_split(path, "train").select_columns(keep)
     heldout = None
-    if data_cfg.eval_split in manifest["splits"] and eval_dialogues > 0:
+    if use_eval:
         held = load_split(path, data_cfg.eval_split)
         heldout = held.select(range(min(eval_dialogues, len(held)))).select_columns(keep)
     return train, heldout, manifest

@@ -63,7 +63,7 @@ def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab
     rows = {c: [] for c in ("id", "kind", "decision_block", "shift_blocks", *PAIR_COLUMNS)}
     failures, kinds, rejected = Counter(), Counter(), []
     records, partner = 0, None
-    for record in read_records(src, codec, recipe.synthesis.seed):
+    for record in read_records(src, codec, recipe.synthesis.seed, limits=recipe.record_limits()):
         if len(rows["id"]) >= wanted:
             break
         records += 1
@@ -121,7 +121,7 @@ def pair_fingerprint(recipe, pairs: PairDataConfig, vocab, tokenizer) -> dict:
     from bayling_duplex.data.recipe import fingerprint, vocab_fingerprint
     from bayling_duplex.runtime import plain
 
-    keys = ("train", "heldout", "format", "codec", "synthesis", "backchannels_path")
+    keys = ("train", "heldout", "format", "codec", "synthesis", "backchannels_path", "limits")
     recipe_part = {k: plain(getattr(recipe, k)) for k in keys}
     made = {"pairs": plain(pairs.make), "train": pairs.train, "heldout": pairs.heldout}
     return fingerprint(
@@ -190,15 +190,20 @@ def load_pairs(conf, tokenizer, vocab, spec):
 
     from bayling_duplex.data.build import MANIFEST
     from bayling_duplex.data.load import DataMismatchError, recipe_from_file
+    from bayling_duplex.data.recipe import differences, mismatch_message
     from bayling_duplex.runtime import is_main_process, wait_for_rank0
 
     recipe = recipe_from_file(conf.data.recipe)
     recipe.format.resolve()
-    diff = recipe.format.spec().differences(spec)
+    diff = spec.differences(recipe.format.spec())
     if diff:
         raise DataMismatchError(
-            f"recipe {recipe.name}'s format is not the SFT checkpoint's "
-            f"({'; '.join(diff)}, recipe first)"
+            mismatch_message(
+                "the SFT checkpoint",
+                [f"format.{d}" for d in diff],
+                f"make the pairs with the recipe it was trained on (data.recipe=…, not "
+                f"{recipe.name})",
+            )
         )
     out = Path(conf.pairs.path)
     want = pair_fingerprint(recipe, conf.pairs, vocab, tokenizer)
@@ -209,10 +214,12 @@ def load_pairs(conf, tokenizer, vocab, spec):
     have = built()
     stale = have is not None and have["fingerprint"]["combined"] != want["combined"]
     if stale and not conf.pairs.overwrite:
-        diff = [k for k in want if k != "combined" and want[k] != have["fingerprint"].get(k)]
         raise DataMismatchError(
-            f"{out} holds pairs of another configuration (differs in {diff}); pass "
-            "pairs.overwrite=true to rebuild them, or pairs.path=… for a new folder"
+            mismatch_message(
+                f"the pair set {out}",
+                differences(have["fingerprint"], want),
+                "pass pairs.overwrite=true to rebuild them, or pairs.path=… for a new folder",
+            )
         )
     if have is None or stale:
         if not conf.data.build_if_missing:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from bayling_duplex.data.mixer import WaveformConfig
 from bayling_duplex.data.synthesis import SynthesisConfig
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.records import RecordLimits
 from bayling_duplex.format.spec import FormatConfig
 from bayling_duplex.format.vocab import DuplexVocab
 
@@ -84,6 +86,8 @@ class RecipeConfig:
     backchannels_path: str | None = None
     shard_size: int = 1000  # dialogues (source records) per shard
     max_reject_share: float = 0.01  # the build fails when more than this share is rejected
+    # sizes a source record may have (sequence length, frames, text, counts, id, line bytes)
+    limits: RecordLimits = field(default_factory=RecordLimits)
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
@@ -96,6 +100,13 @@ class RecipeConfig:
         if self.heldout is not None:
             out["heldout"] = self.heldout
         return out
+
+    def record_limits(self) -> RecordLimits:
+        """``limits`` with ``max_frames`` resolved for this recipe's block layout."""
+        f = self.format
+        return self.limits.for_layout(
+            BlockLayout(f.frames_per_block, f.slots_per_block, f.frame_rate_hz)
+        )
 
 
 def _digest(obj) -> str:
@@ -125,3 +136,22 @@ def fingerprint(recipe_plain: dict, vocab_fp: str, codec_name: str) -> dict:
         "codec": codec_name,
     }
     return {**parts, "combined": _digest(parts)}
+
+
+def differences(built: dict, expected: dict, keys=None, prefix: str = "") -> list[str]:
+    """Every key in which ``built`` differs from ``expected``, as ``"key: built != expected"``."""
+    keys = [k for k in (keys or expected) if k != "combined"]
+    return [
+        f"{prefix}{k}: {built.get(k)} != {expected.get(k)}"
+        for k in keys
+        if built.get(k) != expected.get(k)
+    ]
+
+
+def mismatch_message(subject: str, parts: list[str], fix: str) -> str:
+    """The one wording of a fingerprint refusal (built data, preference pairs): one line
+    naming every part that differs, each with both values, the built one first."""
+    return (
+        f"{subject} was made for another configuration (built != expected): "
+        f"{'; '.join(parts)}; {fix}"
+    )

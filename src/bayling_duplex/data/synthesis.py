@@ -151,12 +151,22 @@ def synthesize(
         raise ValueError(f"{len(turns)} turns but {len(ids)} answer id lists")
     if scenario == "interruption" and len(turns) < 2:
         raise RecordError(script.id, "too_few_turns", "an interruption needs a second user turn")
+    min_turns = 2 if scenario == "interruption" else 1
+    # the user's turns follow each other, so a timeline is at least as long as their codes
+    # together: the turns past max_blocks cannot fit and are dropped before placing any
+    # (the same result as dropping them one by one, without placing a long script n times)
+    budget, total, fit = cfg.max_blocks * spec.layout.frames_per_block, 0, 0
+    for turn in turns:
+        total += len(turn.user_codes)
+        if total > budget:
+            break
+        fit += 1
+    del turns[max(fit, min_turns) :], ids[max(fit, min_turns) :]
     while turns:
         t = _place(script.id, turns, ids, scenario, cfg, spec, backchannels)
         placed = place_responses(t, ids[: len(t.responses)], spec.layout)
         if num_blocks_for(t, placed, spec.layout) <= cfg.max_blocks:
             return t
-        min_turns = 2 if scenario == "interruption" else 1
         if len(turns) <= min_turns:
             break
         turns.pop()

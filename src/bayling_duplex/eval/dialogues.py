@@ -18,7 +18,13 @@ import numpy as np
 from bayling_duplex.data.synthesis import SynthesisConfig, synthesize
 from bayling_duplex.eval.metrics import EvalItem
 from bayling_duplex.format.interleave import FormatSpec
-from bayling_duplex.format.records import Script, ScriptTurn, read_jsonl, script_from_json
+from bayling_duplex.format.records import (
+    RecordError,
+    Script,
+    ScriptTurn,
+    read_jsonl,
+    script_from_json,
+)
 
 
 @dataclass
@@ -76,10 +82,56 @@ def _longest_silence(codes: np.ndarray, lo: int, hi: int, silence: set[int]) -> 
     return best_span
 
 
-def build_eval_items(
-    cfg: EvalSetConfig, spec: FormatSpec, tokenize
-) -> list[tuple[EvalItem, np.ndarray]]:
-    """``(item, user codes)`` for every evaluation dialogue. ``tokenize(texts)`` gives text ids."""
+# why synthesis placed a dialogue of one set as another (data/synthesis.py falls back to
+# turn-taking where the asked-for event cannot be placed)
+RELABEL_REASONS = {
+    ("interruption", "turn_taking"): (
+        "the sampled interruption point fell in the answer's last block, so nothing was cut"
+    ),
+    ("backchannel", "turn_taking"): "the backchannel did not fit inside the answer",
+}
+
+
+@dataclass
+class EvalSets:
+    """The evaluation dialogues and, per requested set, what became of the request.
+
+    ``counts[set]``: ``requested`` (the config's count), ``built`` (placed as asked),
+    ``relabelled`` (placed as another scenario, which judges them: ``relabelled_to``
+    and ``relabel_reasons``), ``excluded`` (not built: ``excluded_reasons``), and
+    ``judged`` (dialogues judged as this set: the built ones and those relabelled
+    into it from other sets, ``relabelled_from``). requested = built + relabelled + excluded.
+    """
+
+    items: list[tuple[EvalItem, np.ndarray]]
+    counts: dict[str, dict]
+
+
+def _empty_counts(requested: int) -> dict:
+    return {
+        "requested": requested,
+        "built": 0,
+        "relabelled": 0,
+        "relabelled_to": {},
+        "relabel_reasons": {},
+        "excluded": 0,
+        "excluded_reasons": {},
+        "judged": 0,
+        "relabelled_from": {},
+    }
+
+
+def _bump(d: dict, key: str, by: int = 1) -> None:
+    d[key] = d.get(key, 0) + by
+
+
+def build_eval_sets(cfg: EvalSetConfig, spec: FormatSpec, tokenize) -> EvalSets:
+    """Every evaluation dialogue ``(item, user codes)`` and the per-set counts.
+
+    ``tokenize(texts)`` gives text ids. A dialogue that synthesis places as another
+    scenario is judged as that one and counted as relabelled (with the reason); one
+    that cannot be placed at all (``too_long``), or a backchannel set without
+    backchannel clips in the source, is counted as excluded."""
     turns, keys, clips = _turn_pool(cfg)
     if not turns:
         raise ValueError("the evaluation source holds no turns")
@@ -91,15 +143,37 @@ def build_eval_items(
     plan = [
         ("turn_taking", cfg.turn_taking, 1),
         ("interruption", cfg.interruption, 2),
-        ("backchannel", cfg.backchannel if clips else 0, 1),
+        ("backchannel", cfg.backchannel, 1),
         ("hesitation", cfg.hesitation, 1),
     ]
+    counts = {scenario: _empty_counts(count) for scenario, count, _ in plan}
     for scenario, count, n_turns in plan:
+        c = counts[scenario]
+        if scenario == "backchannel" and not clips and count:
+            c["excluded"] = count
+            c["excluded_reasons"] = {"the evaluation source has no backchannel clips": count}
+            continue
         for i in range(count):
             picks = [rng.randrange(len(turns)) for _ in range(n_turns)]
             script = Script(f"eval-{scenario}-{i:05d}", tuple(turns[p] for p in picks))
             ids = tokenize([t.assistant_text for t in script.turns])
-            t = synthesize(script, ids, scenario, synth, spec, clips)
+            try:
+                t = synthesize(script, ids, scenario, synth, spec, clips)
+            except RecordError as e:
+                c["excluded"] += 1
+                _bump(c["excluded_reasons"], f"{e.reason}: {e.detail}")
+                continue
+            placed = t.scenario or scenario
+            reason = None
+            if placed == scenario:
+                c["built"] += 1
+            else:
+                reason = RELABEL_REASONS.get((scenario, placed), f"synthesis placed it as {placed}")
+                c["relabelled"] += 1
+                _bump(c["relabelled_to"], placed)
+                _bump(c["relabel_reasons"], reason)
+                _bump(counts[placed]["relabelled_from"], scenario)
+            counts[placed]["judged"] += 1
             user_turns = tuple(
                 (s.start_frame, s.end_frame) for s in t.user_segments if s.kind == "turn"
             )
@@ -111,21 +185,31 @@ def build_eval_items(
                 None,
             )
             pause = None
-            if scenario == "hesitation":
+            if placed == "hesitation":
                 pause = _longest_silence(codes, *user_turns[0], set(spec.silence_codes))
             out.append(
                 (
                     EvalItem(
                         script.id,
-                        t.scenario or scenario,
+                        placed,
                         end,
                         user_turns,
                         tuple(keys[p] for p in picks),
                         bc,
                         pause,
                         t.responses[0].end_frame,
+                        requested=scenario,
+                        relabelled=reason,
                     ),
                     codes,
                 )
             )
-    return out
+    return EvalSets(out, counts)
+
+
+def build_eval_items(
+    cfg: EvalSetConfig, spec: FormatSpec, tokenize
+) -> list[tuple[EvalItem, np.ndarray]]:
+    """``(item, user codes)`` for every evaluation dialogue (:func:`build_eval_sets` without
+    the counts). ``tokenize(texts)`` gives text ids."""
+    return build_eval_sets(cfg, spec, tokenize).items

@@ -39,6 +39,8 @@ class EvalItem:
     backchannel: tuple[int, int] | None = None
     pause: tuple[int, int] | None = None  # hesitation pause [start, end) inside turns[0]
     answer_end: int | None = None  # frame where the reference answer to turns[0] ends
+    requested: str | None = None  # the set it was built for (None: the same as scenario)
+    relabelled: str | None = None  # why synthesis placed it as ``scenario`` instead
 
 
 @dataclass
@@ -133,32 +135,80 @@ def _stats(xs: list[float]) -> dict | None:
     }
 
 
+def _den(n: int, over: str, of: int | None = None) -> dict:
+    d = {"n": n, "over": over}
+    if of is not None:
+        d["of"] = of
+    return d
+
+
 def summarize(outcomes: list[DialogueOutcome]) -> dict:
-    """Aggregate figures over all dialogues (each metric over the dialogues it applies to)."""
+    """Aggregate figures over all dialogues (each metric over the dialogues it applies to).
+
+    ``denominators[metric]`` says what each figure is over: ``n`` dialogues (``of``
+    so many in its set where only some are judged) and, in words, which ones."""
     turns = [o for o in outcomes if o.scenario in ("turn_taking", "hesitation", "backchannel")]
     inter = [o for o in outcomes if o.scenario == "interruption"]
     applicable = [o for o in inter if o.speaking_at_interruption]
+    silent = len(inter) - len(applicable)
+    successes = [o.latency_s for o in turns if o.taken == "success"]
+    overlaps = [o.overlap_s for o in applicable if o.overlap_s is not None]
+    bcs = [o for o in outcomes if o.scenario == "backchannel"]
+    bc_judged = [o.backchannel_kept for o in outcomes if o.backchannel_kept is not None]
+    hes_judged = [o.hesitation_kept for o in outcomes if o.hesitation_kept is not None]
+    keyed = [o.correct for o in outcomes if o.correct is not None]
+    by_set = {
+        s: sum(o.scenario == s for o in turns) for s in ("turn_taking", "backchannel", "hesitation")
+    }
+    turn_sets = ", ".join(f"{k} {v}" for k, v in by_set.items() if v) or "none"
     return {
         "dialogues": len(outcomes),
         "turn_taking": {
             "n": len(turns),
+            "by_set": by_set,
             "SR@3s": _rate([o.taken == "success" for o in turns]),
             "early_start_rate": _rate([o.taken == "early" for o in turns]),
             "late_rate": _rate([o.taken == "late" for o in turns]),
             "no_response_rate": _rate([o.taken == "none" for o in turns]),
-            "latency_s": _stats([o.latency_s for o in turns if o.taken == "success"]),
+            "counts": {
+                k: sum(o.taken == k for o in turns) for k in ("success", "early", "late", "none")
+            },
+            "latency_s": _stats(successes),
         },
         "interruption": {
             "n": len(inter),
+            "speaking_at_onset": len(applicable),
+            "not_speaking_at_onset": silent,
             "speaking_at_onset_rate": _rate([bool(o.speaking_at_interruption) for o in inter]),
+            "not_speaking_at_onset_rate": _rate([not o.speaking_at_interruption for o in inter]),
             "ISR@2s": _rate([bool(o.interrupted_ok) for o in applicable]),
-            "overlap_s": _stats([o.overlap_s for o in applicable if o.overlap_s is not None]),
+            "stopped_within_2s": sum(bool(o.interrupted_ok) for o in applicable),
+            "never_stopped": sum(o.overlap_s is None for o in applicable),
+            "overlap_s": _stats(overlaps),
         },
-        "backchannel_robustness": _rate(
-            [o.backchannel_kept for o in outcomes if o.backchannel_kept is not None]
-        ),
-        "hesitation_robustness": _rate(
-            [o.hesitation_kept for o in outcomes if o.hesitation_kept is not None]
-        ),
-        "answer_accuracy": _rate([o.correct for o in outcomes if o.correct is not None]),
+        "backchannel_robustness": _rate(bc_judged),
+        "hesitation_robustness": _rate(hes_judged),
+        "answer_accuracy": _rate(keyed),
+        "denominators": {
+            "SR@3s": _den(len(turns), f"first user turns of the dialogues ({turn_sets})"),
+            "latency_s": _den(len(successes), "SR@3s successes", len(turns)),
+            "speaking_at_onset_rate": _den(len(inter), "interruption dialogues"),
+            "ISR@2s": _den(
+                len(applicable),
+                "interruption dialogues with a response playing at the onset "
+                f"({silent} came while the model was not speaking and are not judged)",
+                len(inter),
+            ),
+            "overlap_s": _den(
+                len(overlaps), "ISR@2s dialogues whose response stopped at all", len(applicable)
+            ),
+            "backchannel_robustness": _den(
+                len(bc_judged),
+                "backchannel dialogues with a response playing at the backchannel whose "
+                "reference answer runs past the cut",
+                len(bcs),
+            ),
+            "hesitation_robustness": _den(len(hes_judged), "hesitation dialogues"),
+            "answer_accuracy": _den(len(keyed), "dialogues with an answer key (first turn)"),
+        },
     }

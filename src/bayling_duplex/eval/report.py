@@ -34,15 +34,27 @@ def write_report(
     items: list[tuple[EvalItem, np.ndarray]],
     layout: BlockLayout,
     plots: int = 4,
+    sets: dict[str, dict] | None = None,
+    models: dict[str, dict] | None = None,
 ) -> None:
-    """``report.json``, ``summary.md``, ``latency.png`` and ``timelines.png`` in ``out``."""
+    """``report.json``, ``summary.md``, ``latency.png`` and ``timelines.png`` in ``out``.
+
+    ``sets``: the per-set counts of :class:`~bayling_duplex.eval.dialogues.EvalSets`;
+    ``models``: per report name, what was evaluated (for a checkpoint,
+    :func:`bayling_duplex.model.checkpoint.describe`). Both are recorded beside every
+    model's summary in report.json and shown in summary.md."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {
-        name: {"summary": rep, "dialogues": [asdict(o) for o in outcomes[name]]}
+        name: {
+            "checkpoint": (models or {}).get(name),
+            "evalset": sets,
+            "summary": rep,
+            "dialogues": [asdict(o) for o in outcomes[name]],
+        }
         for name, rep in reports.items()
     }
     (out / "report.json").write_text(json.dumps(payload, indent=1))
-    (out / "summary.md").write_text(markdown_summary(reports))
+    (out / "summary.md").write_text(markdown_summary(reports, sets, models))
     _plots(out, outcomes, items, layout, plots)
 
 
@@ -52,25 +64,103 @@ def _fmt(v, pct: bool = True) -> str:
     return f"{100 * v:.1f} %" if pct else f"{v:.2f}"
 
 
-def markdown_summary(reports: dict[str, dict]) -> str:
+def _over(r: dict, key: str) -> str:
+    """`` (n=…)`` or `` (n of m)``: the denominator of metric ``key`` in report ``r``."""
+    d = r.get("denominators", {}).get(key)
+    if d is None:
+        return ""
+    return f" ({d['n']} of {d['of']})" if "of" in d else f" (n={d['n']})"
+
+
+def _model_line(name: str, m: dict | None) -> str:
+    if m is None:
+        return f"- **{name}**: not recorded"
+    if m.get("untrained"):
+        return f"- **{name}**: the untrained backbone ({m.get('backbone', '?')})"
+    fmt = m.get("format") or {}
+    layout = (
+        f"{fmt['frames_per_block']}:{fmt['slots_per_block']}:{fmt['frames_per_block']}, "
+        f"silence {fmt['silence_codes']}"
+        if fmt
+        else "?"
+    )
+    meta = (
+        f"stage {m.get('stage') or '?'}, data {m.get('data') or '?'}, "
+        f"init {('`' + m['init'] + '`') if m.get('init') else '–'}"
+        if m.get("duplex_json")
+        else f"no duplex.json (format from {m.get('format_from', 'the config')})"
+    )
+    steps = m.get("steps")
+    return (
+        f"- **{name}**: `{m['path']}` — {meta}, "
+        f"{'?' if steps is None else steps} steps, format {layout}"
+    )
+
+
+def _set_rows(sets: dict[str, dict]) -> list[str]:
+    lines = [
+        "| set | requested | built | relabelled | excluded | judged as this set |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, c in sets.items():
+        moved = ", ".join(f"{n} → {to}" for to, n in c["relabelled_to"].items())
+        came = ", ".join(f"+{n} from {frm}" for frm, n in c["relabelled_from"].items())
+        lines.append(
+            f"| {name} | {c['requested']} | {c['built']} | "
+            f"{c['relabelled']}{f' ({moved})' if moved else ''} | {c['excluded']} | "
+            f"{c['judged']}{f' ({came})' if came else ''} |"
+        )
+        notes += [f"- {name} relabelled ({n}): {why}" for why, n in c["relabel_reasons"].items()]
+        notes += [f"- {name} excluded ({n}): {why}" for why, n in c["excluded_reasons"].items()]
+    return lines + (["", *notes] if notes else [])
+
+
+def markdown_summary(
+    reports: dict[str, dict],
+    sets: dict[str, dict] | None = None,
+    models: dict[str, dict] | None = None,
+) -> str:
+    """summary.md: what was evaluated, the sets as requested and as built, the metric table
+    (every figure with its denominator) and what each denominator counts."""
     names = list(reports)
     rows = [
-        ("turn-taking SR@3s", lambda r: _fmt(r["turn_taking"]["SR@3s"])),
+        (
+            "turn-taking SR@3s",
+            lambda r: _fmt(r["turn_taking"]["SR@3s"]) + _over(r, "SR@3s"),
+        ),
         ("early-start rate", lambda r: _fmt(r["turn_taking"]["early_start_rate"])),
+        ("late rate", lambda r: _fmt(r["turn_taking"].get("late_rate"))),
         ("no-response rate", lambda r: _fmt(r["turn_taking"]["no_response_rate"])),
         (
             "latency mean / median (s)",
             lambda r: (
                 "–"
                 if not r["turn_taking"]["latency_s"]
-                else f"{r['turn_taking']['latency_s']['mean']:.2f} / {r['turn_taking']['latency_s']['median']:.2f}"
+                else f"{r['turn_taking']['latency_s']['mean']:.2f} / "
+                f"{r['turn_taking']['latency_s']['median']:.2f}" + _over(r, "latency_s")
             ),
         ),
         (
             "speaking at interruption onset",
-            lambda r: _fmt(r["interruption"]["speaking_at_onset_rate"]),
+            lambda r: (
+                _fmt(r["interruption"]["speaking_at_onset_rate"])
+                + _over(r, "speaking_at_onset_rate")
+            ),
         ),
-        ("interruption ISR@2s", lambda r: _fmt(r["interruption"]["ISR@2s"])),
+        (
+            "interruptions while not speaking (not in ISR)",
+            lambda r: (
+                "–"
+                if "not_speaking_at_onset" not in r["interruption"]
+                else f"{r['interruption']['not_speaking_at_onset']} of {r['interruption']['n']}"
+                f" ({_fmt(r['interruption']['not_speaking_at_onset_rate'])})"
+            ),
+        ),
+        (
+            "interruption ISR@2s",
+            lambda r: _fmt(r["interruption"]["ISR@2s"]) + _over(r, "ISR@2s"),
+        ),
         (
             "overlap mean / median / p90 (s)",
             lambda r: (
@@ -79,22 +169,44 @@ def markdown_summary(reports: dict[str, dict]) -> str:
                 else "{mean:.2f} / {median:.2f} / {p90:.2f}".format(
                     **r["interruption"]["overlap_s"]
                 )
+                + _over(r, "overlap_s")
             ),
         ),
-        ("backchannel robustness", lambda r: _fmt(r["backchannel_robustness"])),
-        ("hesitation robustness", lambda r: _fmt(r["hesitation_robustness"])),
-        ("answer accuracy", lambda r: _fmt(r["answer_accuracy"])),
+        (
+            "backchannel robustness",
+            lambda r: _fmt(r["backchannel_robustness"]) + _over(r, "backchannel_robustness"),
+        ),
+        (
+            "hesitation robustness",
+            lambda r: _fmt(r["hesitation_robustness"]) + _over(r, "hesitation_robustness"),
+        ),
+        (
+            "answer accuracy",
+            lambda r: _fmt(r["answer_accuracy"]) + _over(r, "answer_accuracy"),
+        ),
         ("dialogues", lambda r: str(r["dialogues"])),
     ]
-    lines = [
-        "# Behaviour evaluation",
-        "",
+    lines = ["# Behaviour evaluation", ""]
+    if models:
+        lines += ["## Models", "", *(_model_line(n, models.get(n)) for n in names), ""]
+    if sets:
+        lines += ["## Evaluation sets", "", *_set_rows(sets), ""]
+    if models or sets:
+        lines += ["## Metrics", ""]
+    lines += [
         "| metric | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(get(reports[n]) for n in names) + " |")
+    dens = reports[names[0]].get("denominators") if names else None
+    if dens:
+        lines += ["", "Denominators (n, or n of the set's dialogues):", ""]
+        lines += [f"- {k}: {d['over']}" for k, d in dens.items()]
     return "\n".join(lines) + "\n"
+
+
+MODEL_COLOURS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
 def _plots(
@@ -120,22 +232,40 @@ def _plots(
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=120)
     plt.close(fig)
+    timeline_plot(out / "timelines.png", outcomes, items, layout, n)
 
-    name = next(iter(outcomes))
+
+def timeline_plot(
+    path: Path, outcomes: dict[str, list[DialogueOutcome]], items, layout: BlockLayout, n: int
+) -> list[str]:
+    """User speech and every model's responses for a few dialogues per set; the row labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(outcomes)
     chosen = []
     for scenario in ("turn_taking", "interruption", "backchannel", "hesitation"):
         chosen += [i for i, (it, _) in enumerate(items) if it.scenario == scenario][
             : max(1, n // 4)
         ]
-    fig, axes = plt.subplots(len(chosen), 1, figsize=(9, 0.9 * len(chosen) + 0.6), squeeze=False)
+    rows = [*reversed(names), "user"]  # user on top, the models below in report order
+    user_y = len(names)
+    fig, axes = plt.subplots(
+        len(chosen),
+        1,
+        figsize=(9, (0.45 * len(rows) + 0.45) * len(chosen) + 0.6),
+        squeeze=False,
+    )
+    fr = layout.frame_s
     for ax, i in zip(axes[:, 0], chosen, strict=True):
-        item, o = items[i][0], outcomes[name][i]
-        fr = layout.frame_s
+        item = items[i][0]
         for s, e in item.turns:
-            ax.barh(1, (e - s) * fr, left=s * fr, color="tab:blue", height=0.6)
+            ax.barh(user_y, (e - s) * fr, left=s * fr, color="tab:blue", height=0.6)
         if item.pause:  # the hesitation pause inside the turn
             ax.barh(
-                1,
+                user_y,
                 (item.pause[1] - item.pause[0]) * fr,
                 left=item.pause[0] * fr,
                 color="white",
@@ -143,21 +273,32 @@ def _plots(
             )
         if item.backchannel:
             ax.barh(
-                1,
+                user_y,
                 (item.backchannel[1] - item.backchannel[0]) * fr,
                 left=item.backchannel[0] * fr,
                 color="tab:cyan",
                 height=0.6,
             )
-        for start, stop, _ in o.extra["responses"]:
-            end = stop if stop is not None else item.num_frames * fr
-            ax.barh(0, end - start, left=start, color="tab:orange", height=0.6)
-        ax.set_yticks([0, 1], ["model", "user"])
+        verdicts = []
+        for m, name in enumerate(names):
+            o = outcomes[name][i]
+            y = len(names) - 1 - m
+            for start, stop, _ in o.extra.get("responses", []):
+                end = stop if stop is not None else item.num_frames * fr
+                ax.barh(
+                    y,
+                    end - start,
+                    left=start,
+                    color=MODEL_COLOURS[m % len(MODEL_COLOURS)],
+                    height=0.6,
+                )
+            verdicts.append(f"{name}: {o.taken}{', ISR ok' if o.interrupted_ok else ''}")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_ylim(-0.5, len(rows) - 0.5)
         ax.set_xlim(0, item.num_frames * fr)
-        ax.set_title(
-            f"{item.id} ({o.taken}{', ISR ok' if o.interrupted_ok else ''})", fontsize=8, loc="left"
-        )
+        ax.set_title(f"{item.id} ({'; '.join(verdicts)})", fontsize=8, loc="left")
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(out / "timelines.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return rows

@@ -223,18 +223,30 @@ def check_sequence(seq: DuplexSequence, layout: BlockLayout, vocab: DuplexVocab)
 
 
 def interleave(
-    t: Timeline, text_ids: list[list[int]], spec: FormatSpec, vocab: DuplexVocab
+    t: Timeline,
+    text_ids: list[list[int]],
+    spec: FormatSpec,
+    vocab: DuplexVocab,
+    max_seq_len: int | None = None,
 ) -> DuplexSequence:
     """Build the sequence of timeline ``t``; ``text_ids[i]`` are response ``i``'s text ids.
 
     Checks the record first (:func:`check_timeline`): a bad record raises
-    :class:`RecordError` with its id and reason.
+    :class:`RecordError` with its id and reason; so does one whose sequence would
+    be longer than ``max_seq_len`` tokens (``too_long``), before it is allocated.
     """
     check_timeline(t, text_ids, spec, vocab.num_audio)
     layout = spec.layout
     B, T = layout.frames_per_block, layout.slots_per_block
     placed = place_responses(t, text_ids, layout)
     K = num_blocks_for(t, placed, layout)
+    if max_seq_len is not None and layout.seq_len(K) > max_seq_len:
+        raise RecordError(
+            t.id,
+            "too_long",
+            f"its sequence has {K} blocks = {layout.seq_len(K)} tokens, more than "
+            f"recipe.limits.max_seq_len={max_seq_len}",
+        )
 
     # user channel: frames [0, K·B), silence past the record's end
     user = np.concatenate(

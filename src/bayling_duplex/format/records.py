@@ -9,18 +9,22 @@ Two record kinds:
   channel frame by frame, what the user says where, and the assistant's
   responses with their frames. The interleaver turns it into a sequence.
 
-Parsing checks types and shapes only and raises :class:`RecordError` with the
-record id and a reason key; the semantic rules that need the block layout or
+Parsing checks types, shapes and sizes (:class:`RecordLimits`) and raises
+:class:`RecordError` with the record id (or, without a usable one, its place,
+``file:line``) and a reason key; the semantic rules that need the block layout or
 the vocabulary (codes in range, slots that collide …) live in
-:func:`bayling_duplex.format.interleave.check_timeline`.
+:func:`bayling_duplex.format.interleave.check_timeline`. :func:`read_jsonl` reads
+lines strictly (UTF-8, strict JSON), naming a bad line by ``file:line``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SCHEMA_VERSION = 1
 SEGMENT_KINDS = ("turn", "backchannel")
@@ -34,6 +38,55 @@ class RecordError(ValueError):
         self.record_id = record_id
         self.reason = reason
         self.detail = detail
+
+
+@dataclass
+class RecordLimits:
+    """The sizes a source record may have (``recipe.limits``, docs/data.md §2).
+
+    Checked where a record is read, before anything is built from it, so one huge
+    line cannot exhaust a build worker's memory: a record over a limit is rejected
+    (``too_long``: longer than the sequence limit allows; ``too_large``: a field
+    over its size limit), naming the field and the limit's key.
+    """
+
+    # tokens of one interleaved sequence (K·(2B+T)): the build rejects a longer one (too_long)
+    max_seq_len: int = 8192
+    # num_frames, every frame index and every code list's length; None: what max_seq_len
+    # allows in the recipe's layout ((max_seq_len // (2B+T) + 1)·B), see :meth:`for_layout`
+    max_frames: int | None = None
+    max_text_chars: int = 16384  # any text: assistant_text, user_text, responses[k].text, …
+    max_items: int = 1024  # entries of turns, user_segments, responses, user_word_ends
+    max_id_chars: int = 256  # the record id (and the scenario label)
+    max_line_bytes: int = 16 << 20  # one JSON line (16 MiB), not parsed when longer
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"recipe.limits.{f.name} must be a positive int, got {value!r}")
+
+    def for_layout(self, layout) -> RecordLimits:
+        """These limits with ``max_frames`` filled in from ``max_seq_len`` and a block layout.
+
+        No timeline longer than that fits in ``max_seq_len`` tokens: the user channel
+        needs ``ceil(num_frames / B)`` blocks, and a response ends at most one block
+        after the last.
+        """
+        if self.max_frames is not None:
+            return self
+        blocks = self.max_seq_len // layout.block_len
+        return dataclasses.replace(self, max_frames=(blocks + 1) * layout.frames_per_block)
+
+
+NO_LIMITS = RecordLimits(
+    max_seq_len=1 << 62,
+    max_frames=None,
+    max_text_chars=1 << 62,
+    max_items=1 << 62,
+    max_id_chars=1 << 62,
+    max_line_bytes=1 << 62,
+)
 
 
 @dataclass(frozen=True)
@@ -105,73 +158,184 @@ def _as_tuple(t) -> tuple:
     return t if isinstance(t, tuple) else (t,)
 
 
-def _codes(value, key: str, rid: str) -> tuple[int, ...]:
+def _count(value: list, label: str, rid: str, limits: RecordLimits) -> list:
+    if len(value) > limits.max_items:
+        raise RecordError(
+            rid,
+            "too_large",
+            f"{label} has {len(value)} entries, more than recipe.limits.max_items={limits.max_items}",
+        )
+    return value
+
+
+def _codes(value, key: str, rid: str, limits: RecordLimits = NO_LIMITS) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise RecordError(rid, "wrong_type", f"field {key!r} must be a list of ints")
+    if limits.max_frames is not None and len(value) > limits.max_frames:
+        raise RecordError(
+            rid,
+            "too_long",
+            f"{key} has {len(value)} codes, more than recipe.limits.max_frames={limits.max_frames} "
+            f"(what recipe.limits.max_seq_len={limits.max_seq_len} allows)",
+        )
     if not all(type(c) is int for c in value):
         raise RecordError(rid, "wrong_type", f"field {key!r} must hold ints only")
     return tuple(value)
 
 
-def _frame(obj: dict, key: str, rid: str) -> int:
+def _frame(obj: dict, key: str, rid: str, limits: RecordLimits = NO_LIMITS) -> int:
     value = _need(obj, key, int, rid)
     if value < 0:
         raise RecordError(rid, "wrong_type", f"field {key!r} must be >= 0, got {value}")
+    if limits.max_frames is not None and value > limits.max_frames:
+        raise RecordError(
+            rid,
+            "too_long",
+            f"field {key!r} is {_short(value)}, more than recipe.limits.max_frames="
+            f"{limits.max_frames} (what recipe.limits.max_seq_len={limits.max_seq_len} allows)",
+        )
     return value
 
 
-def _record_id(obj) -> str:
+def _short(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _unicode(value: str, label: str, rid: str) -> str:
+    """``value`` if it is valid Unicode text (JSON's ``\\ud800`` escapes can make lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(
+            rid, "bad_utf8", f"{label} holds a lone surrogate at character {e.start}"
+        ) from None
+    return value
+
+
+def _text(
+    obj: dict, key: str, label: str, rid: str, limits: RecordLimits, required: bool = True
+) -> str | None:
+    """A text field: a string of at most ``max_text_chars`` valid characters (``None`` if optional and absent)."""
+    if required:
+        value = _need(obj, key, str, rid)
+    else:
+        value = obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise RecordError(rid, "wrong_type", f"{label} must be a string")
+    if len(value) > limits.max_text_chars:
+        raise RecordError(
+            rid,
+            "too_large",
+            f"{label} has {len(value)} characters, more than recipe.limits.max_text_chars="
+            f"{limits.max_text_chars}",
+        )
+    return _unicode(value, label, rid)
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def record_id(obj, limits: RecordLimits = NO_LIMITS, where: str | None = None) -> str:
+    """The id of a record object, checked; ``where`` (``file:line``) names a record without a usable one.
+
+    Raises :class:`RecordError` whose ``record_id`` is ``where`` (``"?"`` when not
+    given) when ``obj`` is not an object or its id is missing, not a non-empty
+    string, too long or not valid Unicode: such an id cannot name the record.
+    """
+    here = where or "?"
     if not isinstance(obj, dict):
-        raise RecordError("?", "wrong_type", "a record must be a JSON object")
+        raise RecordError(
+            here, "wrong_type", f"a record must be a JSON object, got {_json_type(obj)}"
+        )
     rid = obj.get("id")
     if not isinstance(rid, str) or not rid:
+        named = here if where is not None or rid is None else str(rid)
         raise RecordError(
-            str(rid) if rid is not None else "?",
+            named,
             "missing_field",
-            "field 'id' must be a non-empty string",
+            f"field 'id' must be a non-empty string, got {_short(rid)}"
+            if "id" in obj
+            else "field 'id' is missing",
         )
+    if len(rid) > limits.max_id_chars:
+        raise RecordError(
+            where or rid[:40] + "…",
+            "too_large",
+            f"id has {len(rid)} characters, more than recipe.limits.max_id_chars="
+            f"{limits.max_id_chars}: {_short(rid)}",
+        )
+    _unicode(rid, "field 'id'", here)
     return rid
 
 
-def timeline_from_json(obj) -> Timeline:
-    """Parse a timeline object; raise :class:`RecordError` on a missing or wrong-typed field."""
-    rid = _record_id(obj)
-    num_frames = _frame(obj, "num_frames", rid)
-    user_codes = _codes(_need(obj, "user_codes", list, rid), "user_codes", rid)
+def _label(obj: dict, key: str, rid: str, limits: RecordLimits) -> str | None:
+    """An optional short name (``scenario``): a string of at most ``max_id_chars``."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(rid, "wrong_type", f"field {key!r} must be a string")
+    if len(value) > limits.max_id_chars:
+        raise RecordError(
+            rid,
+            "too_large",
+            f"field {key!r} has {len(value)} characters, more than recipe.limits.max_id_chars="
+            f"{limits.max_id_chars}",
+        )
+    return _unicode(value, f"field {key!r}", rid)
+
+
+def timeline_from_json(obj, limits: RecordLimits = NO_LIMITS, where: str | None = None) -> Timeline:
+    """Parse a timeline object; raise :class:`RecordError` on a missing, wrong-typed or oversized field.
+
+    ``limits`` caps the sizes (:class:`RecordLimits`, none by default); ``where``
+    (``file:line``) names a record whose own id is unusable.
+    """
+    rid = record_id(obj, limits, where)
+    num_frames = _frame(obj, "num_frames", rid, limits)
+    user_codes = _codes(_need(obj, "user_codes", list, rid), "user_codes", rid, limits)
     segments = []
-    for i, seg in enumerate(_need(obj, "user_segments", list, rid)):
+    raw_segments = _count(_need(obj, "user_segments", list, rid), "user_segments", rid, limits)
+    for i, seg in enumerate(raw_segments):
         if not isinstance(seg, dict):
             raise RecordError(rid, "wrong_type", f"user_segments[{i}] must be an object")
-        kind = seg.get("kind", "turn")
-        if kind not in SEGMENT_KINDS:
+        kind = "turn" if seg.get("kind") is None else seg["kind"]  # None: a dataset's absent key
+        if not isinstance(kind, str) or kind not in SEGMENT_KINDS:
             raise RecordError(
                 rid, "wrong_type", f"user_segments[{i}].kind must be one of {SEGMENT_KINDS}"
             )
-        text = seg.get("text")
-        if text is not None and not isinstance(text, str):
-            raise RecordError(rid, "wrong_type", f"user_segments[{i}].text must be a string")
+        text = _text(seg, "text", f"user_segments[{i}].text", rid, limits, required=False)
         segments.append(
-            UserSegment(_frame(seg, "start_frame", rid), _frame(seg, "end_frame", rid), kind, text)
+            UserSegment(
+                _frame(seg, "start_frame", rid, limits),
+                _frame(seg, "end_frame", rid, limits),
+                kind,
+                text,
+            )
         )
     responses = []
-    for i, r in enumerate(_need(obj, "responses", list, rid)):
+    for i, r in enumerate(_count(_need(obj, "responses", list, rid), "responses", rid, limits)):
         if not isinstance(r, dict):
             raise RecordError(rid, "wrong_type", f"responses[{i}] must be an object")
-        interrupted = r.get("interrupted", False)
+        interrupted = False if r.get("interrupted") is None else r["interrupted"]
         if not isinstance(interrupted, bool):
             raise RecordError(rid, "wrong_type", f"responses[{i}].interrupted must be a boolean")
         responses.append(
             Response(
-                start_frame=_frame(r, "start_frame", rid),
-                end_frame=_frame(r, "end_frame", rid),
-                text=_need(r, "text", str, rid),
-                codes=_codes(_need(r, "codes", list, rid), f"responses[{i}].codes", rid),
+                start_frame=_frame(r, "start_frame", rid, limits),
+                end_frame=_frame(r, "end_frame", rid, limits),
+                text=_text(r, "text", f"responses[{i}].text", rid, limits),
+                codes=_codes(_need(r, "codes", list, rid), f"responses[{i}].codes", rid, limits),
                 interrupted=interrupted,
             )
         )
-    scenario = obj.get("scenario")
-    if scenario is not None and not isinstance(scenario, str):
-        raise RecordError(rid, "wrong_type", "field 'scenario' must be a string")
+    scenario = _label(obj, "scenario", rid, limits)
     return Timeline(rid, num_frames, user_codes, tuple(segments), tuple(responses), scenario)
 
 
@@ -201,26 +365,47 @@ def timeline_to_json(t: Timeline) -> dict:
     return obj
 
 
-def script_from_json(obj) -> Script:
-    """Parse a script object (``{"id", "turns": [{"user_codes", "assistant_text", "assistant_codes", …}]}``)."""
-    rid = _record_id(obj)
+def script_from_json(obj, limits: RecordLimits = NO_LIMITS, where: str | None = None) -> Script:
+    """Parse a script object (``{"id", "turns": [{"user_codes", "assistant_text", "assistant_codes", …}]}``).
+
+    ``limits`` and ``where`` as in :func:`timeline_from_json`. A word end must lie
+    inside its turn (``0 < e < len(user_codes)``).
+    """
+    rid = record_id(obj, limits, where)
     turns = []
-    raw = _need(obj, "turns", list, rid)
+    raw = _count(_need(obj, "turns", list, rid), "turns", rid, limits)
     if not raw:
         raise RecordError(rid, "empty_speech", "a script needs at least one turn")
     for i, t in enumerate(raw):
         if not isinstance(t, dict):
             raise RecordError(rid, "wrong_type", f"turns[{i}] must be an object")
-        user_text = t.get("user_text")
-        if user_text is not None and not isinstance(user_text, str):
-            raise RecordError(rid, "wrong_type", f"turns[{i}].user_text must be a string")
-        word_ends = _codes(t.get("user_word_ends", []), f"turns[{i}].user_word_ends", rid)
+        user_text = _text(t, "user_text", f"turns[{i}].user_text", rid, limits, required=False)
+        user_codes = _codes(
+            _need(t, "user_codes", list, rid), f"turns[{i}].user_codes", rid, limits
+        )
+        key = f"turns[{i}].user_word_ends"
+        raw_ends = t.get("user_word_ends")
+        word_ends = _codes([] if raw_ends is None else raw_ends, key, rid, limits)
+        _count(list(word_ends), key, rid, limits)
+        outside = next((e for e in word_ends if not 0 < e < len(user_codes)), None)
+        if outside is not None:
+            raise RecordError(
+                rid,
+                "word_end_out_of_range",
+                f"{key} holds {_short(outside)}, outside the turn: a word end is a frame offset "
+                f"inside its user_codes, 0 < e < {len(user_codes)}",
+            )
         turns.append(
             ScriptTurn(
-                user_codes=_codes(_need(t, "user_codes", list, rid), f"turns[{i}].user_codes", rid),
-                assistant_text=_need(t, "assistant_text", str, rid),
+                user_codes=user_codes,
+                assistant_text=_text(
+                    t, "assistant_text", f"turns[{i}].assistant_text", rid, limits
+                ),
                 assistant_codes=_codes(
-                    _need(t, "assistant_codes", list, rid), f"turns[{i}].assistant_codes", rid
+                    _need(t, "assistant_codes", list, rid),
+                    f"turns[{i}].assistant_codes",
+                    rid,
+                    limits,
                 ),
                 user_text=user_text,
                 user_word_ends=word_ends,
@@ -261,23 +446,101 @@ def write_jsonl(path: str | Path, objs: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(
-    path: str | Path, start_byte: int = 0, limit: int | None = None
-) -> Iterator[tuple[int, object]]:
-    """Yield ``(line_number, parsed object or RecordError)`` from ``start_byte``.
+def line_id(path: str | Path, line: int) -> str:
+    """How a record without a usable id is named: ``file:line`` (1-based line number)."""
+    return f"{Path(path).name}:{line}"
 
-    A line that is not JSON yields a :class:`RecordError` (reason ``bad_json``)
-    instead of stopping the read: one bad line must not lose the others.
+
+def raw_lines(f: BinaryIO, max_line_bytes: int | None = None) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, size in bytes)`` of each line of ``f``; ``None`` for a line over ``max_line_bytes``.
+
+    A line that is too long is skipped in pieces, never held whole in memory.
+    """
+    while True:
+        raw = f.readline() if max_line_bytes is None else f.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        if max_line_bytes is None or len(raw) <= max_line_bytes:
+            yield raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = f.readline(1 << 20)
+            if not raw:
+                break
+            size += len(raw)
+        yield None, size
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup!r} in an object")
+    return obj
+
+
+def parse_json_line(text: str):
+    """Strict JSON: no ``NaN``/``Infinity``, no repeated key; raises ``ValueError`` (or
+    ``RecursionError`` for absurd nesting)."""
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+
+
+def read_jsonl(
+    path: str | Path,
+    start_byte: int = 0,
+    limit: int | None = None,
+    first_line: int = 1,
+    max_line_bytes: int | None = None,
+) -> Iterator[tuple[int, object]]:
+    """Yield ``(n, parsed value or RecordError)`` for the lines from ``start_byte``.
+
+    ``n`` counts the lines read (0-based, blank lines included; ``limit`` caps it);
+    ``first_line`` is the 1-based line number of the line at ``start_byte``, so a
+    line that cannot be read is named ``file:line`` (:func:`line_id`) and yields a
+    :class:`RecordError` instead of stopping the read (one bad line must not lose
+    the others): bytes that are not UTF-8 (``bad_utf8``), text that is not strict
+    JSON (``bad_json``: also ``NaN``/``Infinity``, a repeated key, an integer past
+    Python's digit limit, absurd nesting) or a line over ``max_line_bytes``
+    (``too_large``). A UTF-8 byte order mark at a line's start is ignored.
     """
     with Path(path).open("rb") as f:
         f.seek(start_byte)
-        for n, raw in enumerate(f):
+        for n, (raw, size) in enumerate(raw_lines(f, max_line_bytes)):
             if limit is not None and n >= limit:
                 return
-            line = raw.decode("utf-8", errors="replace").strip()
+            where = line_id(path, first_line + n)
+            if raw is None:
+                yield (
+                    n,
+                    RecordError(
+                        where,
+                        "too_large",
+                        f"the line has {size} bytes, more than recipe.limits.max_line_bytes="
+                        f"{max_line_bytes}",
+                    ),
+                )
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield (
+                    n,
+                    RecordError(
+                        where, "bad_utf8", f"byte {e.start} of the line is not UTF-8 ({e.reason})"
+                    ),
+                )
+                continue
+            line = line.removeprefix("\ufeff").strip()
             if not line:
                 continue
             try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, RecordError(f"{Path(path).name}:{start_byte}+{n}", "bad_json", str(e))
+                yield n, parse_json_line(line)
+            except (ValueError, RecursionError) as e:
+                detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+                yield n, RecordError(where, "bad_json", detail)

@@ -19,6 +19,7 @@ base) for training, evaluation or inference.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from bayling_duplex.runtime import write_json
 DUPLEX_META = "duplex.json"
 SUMMARY = "summary.json"
 FINAL = "final"
+
+log = logging.getLogger("bayling_duplex.checkpoint")
 
 
 class CheckpointError(FileNotFoundError):
@@ -94,23 +97,102 @@ def check_format(expected: FormatSpec, checkpoint: str | Path, what: str) -> Non
         )
 
 
-def is_finished(final: str | Path) -> bool:
-    """A run's ``final/`` counts as finished when it has its ``duplex.json`` and the run
-    its ``summary.json`` (both are written last, after the weights)."""
+def run_summary(final: str | Path) -> dict | None:
+    """The ``summary.json`` of the run ``final/`` belongs to (None: none, or not JSON)."""
+    path = Path(final).parent / SUMMARY
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def unfinished_reason(final: str | Path) -> str | None:
+    """Why a run's ``final/`` does not count as a finished run; None when it does.
+
+    Finished: ``final/`` holds its ``duplex.json``, and the run's ``summary.json``
+    (both written last, after the weights) records training steps, names the
+    checkpoint and does not say ``stopped_early``. A throwaway run of 0 steps or
+    one stopped by ``train.stop_after_steps`` is never "the latest"."""
     final = Path(final)
-    return (final / DUPLEX_META).is_file() and (final.parent / SUMMARY).is_file()
+    summary = run_summary(final)
+    if summary is not None and summary.get("stopped_early"):
+        return f"stopped early at step {summary.get('steps')} ({SUMMARY}: stopped_early)"
+    if summary is not None and summary.get("steps") == 0:
+        return f"0 training steps ({SUMMARY})"
+    if not final.is_dir():
+        return f"no {FINAL}/ (still running, killed, or stopped early)"
+    if not (final / DUPLEX_META).is_file():
+        return f"{FINAL}/ has no {DUPLEX_META} (not finished)"
+    if not (final.parent / SUMMARY).is_file():
+        return f"no {SUMMARY} (not finished)"
+    if summary is None:
+        return f"{SUMMARY} is not a JSON object"
+    steps = summary.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        return f"{SUMMARY} records no training steps (steps: {steps!r})"
+    if not summary.get("checkpoint"):
+        return f"{SUMMARY} names no checkpoint"
+    return None
+
+
+def is_finished(final: str | Path) -> bool:
+    """Whether a run's ``final/`` is a finished run's checkpoint (:func:`unfinished_reason`)."""
+    return unfinished_reason(final) is None
 
 
 def latest_finished(stage: str, runs: str | Path = "runs") -> Path:
-    """``final/`` of the newest finished run of ``stage`` under ``runs``."""
+    """``final/`` of the newest finished run of ``stage`` under ``runs`` (by its ``summary.json``).
+
+    Runs that are not finished (:func:`unfinished_reason`) are skipped; when none
+    is left the error lists each skipped run and why."""
     runs = Path(runs)
-    finals = [p for p in (runs / stage).glob(f"*/{FINAL}") if is_finished(p)]
+    run_dirs = sorted(p for p in (runs / stage).glob("*") if p.is_dir())
+    finals, skipped = [], []
+    for run in run_dirs:
+        reason = unfinished_reason(run / FINAL)
+        if reason is None:
+            finals.append(run / FINAL)
+        else:
+            skipped.append(f"  {run}: {reason}")
     if not finals:
-        raise CheckpointError(
-            f"no finished {stage} run under {runs / stage}/*/{FINAL} (with {DUPLEX_META} and "
-            f"{SUMMARY}); train one first:\n  python -m bayling_duplex.train {stage}"
+        seen = (
+            "; skipped:\n" + "\n".join(skipped)
+            if skipped
+            else f" (no run folders in {runs / stage})"
         )
-    return max(finals, key=lambda p: (p.parent / SUMMARY).stat().st_mtime)
+        raise CheckpointError(
+            f"no finished {stage} run under {runs / stage}/*/{FINAL} (with {DUPLEX_META} and a "
+            f"{SUMMARY} recording its steps and checkpoint){seen}\ntrain one first:\n"
+            f"  python -m bayling_duplex.train {stage}"
+        )
+    newest = max(finals, key=lambda p: (p.parent / SUMMARY).stat().st_mtime)
+    if skipped:
+        log.info("latest %s run: %s; skipped:\n%s", stage, newest, "\n".join(skipped))
+    return newest
+
+
+def describe(path: str | Path) -> dict:
+    """What a report records about a checkpoint: the resolved folder, its ``duplex.json``
+    (stage, data, init, format) and the steps of the run it came from (``summary.json``)."""
+    path = Path(path).resolve()
+    out: dict = {"path": str(path), "duplex_json": (path / DUPLEX_META).is_file()}
+    meta = None
+    if out["duplex_json"]:
+        try:
+            meta = read_meta(path)
+        except CheckpointError as e:
+            out["error"] = str(e)
+    out.update(
+        stage=meta.stage if meta else None,
+        data=meta.data if meta else None,
+        init=meta.init if meta else None,
+        format=meta.format.to_json() if meta else None,
+    )
+    summary = run_summary(path) if path.name == FINAL else None
+    out["steps"] = summary.get("steps") if summary else None
+    out["stopped_early"] = summary.get("stopped_early") if summary else None
+    return out
 
 
 def resolve(checkpoint: str, stage: str, runs: str | Path = "runs") -> Path:
@@ -127,9 +209,44 @@ def resolve(checkpoint: str, stage: str, runs: str | Path = "runs") -> Path:
 
 
 def last_trainer_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-<step>`` folder the Trainer saved in ``run_dir`` (None: none)."""
+    """The newest complete ``checkpoint-<step>`` folder the Trainer saved in ``run_dir``
+    (None: none).
+
+    Complete: ``trainer_state.json`` (the Trainer writes it last) is readable JSON, and
+    the folder holds the model (weights, an adapter or DeepSpeed's model states) and the
+    optimizer (``optimizer.pt`` or DeepSpeed's optimizer states). A newer half-written
+    folder (a run killed while saving) is skipped with a warning naming it."""
+    import logging
+
+    def missing(ckpt: Path) -> str | None:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return "no readable trainer_state.json"
+        ds = [f.name for d in ckpt.glob("global_step*") if d.is_dir() for f in d.iterdir()]
+        weights = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors")
+        indexed = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+        if not any((ckpt / w).is_file() for w in weights + indexed) and not any(
+            n.endswith("model_states.pt") for n in ds
+        ):
+            return "no model weights"
+        if not (ckpt / "optimizer.pt").is_file() and not any(
+            n.endswith("optim_states.pt") for n in ds
+        ):
+            return "no optimizer state"
+        return None
+
     ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        reason = missing(ckpt)
+        if reason is None:
+            return ckpt
+        logging.getLogger("bayling_duplex.checkpoint").warning(
+            "skipping the incomplete checkpoint %s (%s): resume looks at the one before",
+            ckpt,
+            reason,
+        )
+    return None
 
 
 def load(path: str | Path, vocab_cfg, dtype: str = "fp32"):

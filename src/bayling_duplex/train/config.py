@@ -45,6 +45,21 @@ TRL_LOSS_TYPES = (
     "sigmoid_norm",
 )
 
+# transformers' SchedulerType values that need no scheduler arguments (this config has no
+# key for them: cosine_with_min_lr, cosine_warmup_with_min_lr and warmup_stable_decay need
+# some, reduce_lr_on_plateau needs an evaluation every step).
+# tests/unit/train/test_run_settings.py pins them against transformers.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "greedy",
+)
+
 
 # ----------------------------------------------------------------------------- both stages
 
@@ -56,15 +71,27 @@ class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
-    scheduler: str = (
-        "cosine"  # any transformers SchedulerType: linear, cosine, constant_with_warmup …
-    )
+    scheduler: str = "cosine"  # SCHEDULERS: linear, cosine, constant_with_warmup …
     max_grad_norm: float = 1.0
     adam_beta2: float = 0.98
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(
+                f"optim.warmup_ratio must be in [0, 1) (a share of the total steps), "
+                f"got {self.warmup_ratio}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"optim.scheduler must be one of {SCHEDULERS} (transformers' SchedulerType, "
+                f"those that need no scheduler arguments), got {self.scheduler!r}"
+            )
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("optim.weight_decay and optim.max_grad_norm must be >= 0")
+        if not 0 < self.adam_beta2 < 1:
+            raise ValueError(f"optim.adam_beta2 must be in (0, 1), got {self.adam_beta2}")
 
 
 @dataclass
@@ -89,6 +116,19 @@ class TrainConfig:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size <= 0 or self.grad_accum <= 0:
             raise ValueError("train.batch_size and train.grad_accum must be positive")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"train.max_steps must be > 0, or -1 to train train.epochs, got {self.max_steps}"
+            )
+        if self.max_steps == -1 and not self.epochs > 0:
+            raise ValueError(
+                f"train.epochs must be > 0 (or set train.max_steps > 0), got {self.epochs}"
+            )
+        for key in ("logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_steps < 0 or self.dataloader_workers < 0:
+            raise ValueError("train.eval_steps and train.dataloader_workers must be >= 0")
 
 
 @dataclass
@@ -157,6 +197,15 @@ class SftTrainConfig(TrainConfig):
     # stop (after saving a checkpoint) at this step: simulates a run that dies, for resume tests
     stop_after_steps: int | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(
+                f"train.stop_after_steps must be >= 1 or null, got {self.stop_after_steps}"
+            )
+        if self.eval_dialogues < 0 or self.behaviour_dialogues < 0:
+            raise ValueError("train.eval_dialogues and train.behaviour_dialogues must be >= 0")
 
 
 # ----------------------------------------------------------------------------- DPO

@@ -156,14 +156,18 @@ def run_dpo(conf, run_dir: Path) -> dict:
     from bayling_duplex.model import checkpoint
     from bayling_duplex.model.checkpoint import CheckpointMeta, last_trainer_checkpoint
     from bayling_duplex.runtime import is_main_process, write_json
-    from bayling_duplex.train.hf_args import configure_wandb
+    from bayling_duplex.train.hf_args import check_lora_targets, configure_wandb, finish_wandb
+    from bayling_duplex.train.sft_trainer import RunLoss, StopOnInterrupt, TrainingInterrupted
 
     run_dir = Path(run_dir)
+    finish_wandb()  # an earlier job of this process (a sweep) may have left its run open
     configure_wandb(conf.run.wandb, run_dir)
     # 1. the SFT checkpoint, its tokenizer and its format
     init = checkpoint.resolve(conf.init, "sft")
     spec = checkpoint.read_format(init)
     model, tokenizer, vocab = load_init(init, conf)
+    if conf.lora.enabled:
+        check_lora_targets(model, conf.lora)  # before the pairs are made
     # 2. pairs made with this tokenizer and format
     train_ds, eval_ds, manifest = load_pairs(conf, tokenizer, vocab, spec)
     # 3. reference: a frozen copy, unless LoRA (adapters off) or precomputed log-probs
@@ -172,6 +176,7 @@ def run_dpo(conf, run_dir: Path) -> dict:
         ref = load_init(init, conf)[0].eval().requires_grad_(False)
     # 4. TRL's trainer on our pairs
     args = dpo_arguments(conf, run_dir, eval_ds is not None)
+    run_loss, interrupt = RunLoss(), StopOnInterrupt()
     trainer = trainer_class()(
         model=model,
         ref_model=ref,
@@ -181,12 +186,21 @@ def run_dpo(conf, run_dir: Path) -> dict:
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=lora_config(conf.lora) if conf.lora.enabled else None,
+        callbacks=[run_loss, interrupt],
     )
+    run_loss.trainer = trainer
     resume = last_trainer_checkpoint(run_dir) if conf.run.resume else None
-    # 5. train, then the held-out pairs
+    if conf.run.resume and resume is None:
+        log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
+    # 5. train (Ctrl-C: the step ends, a checkpoint is saved, TrainingInterrupted), then
+    # the held-out pairs
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
+    if interrupt.requested:
+        finish_wandb()
+        raise TrainingInterrupted(trainer.state.global_step, last_trainer_checkpoint(run_dir))
     metrics = trainer.evaluate() if eval_ds is not None else {}
     # 6. save (every rank: ZeRO-3 gathers the weights collectively)
     final = run_dir / "final"
@@ -197,7 +211,8 @@ def run_dpo(conf, run_dir: Path) -> dict:
         "init": str(init),
         "steps": trainer.state.global_step,
         "resumed_from": str(resume) if resume else None,
-        "train_loss": result.training_loss,
+        # the mean over every step of the run, resumed or not
+        "train_loss": run_loss.train_loss(result.training_loss, trainer.state.global_step),
         "train_seconds": round(seconds, 1),
         "train_pairs": len(train_ds),
         "pairs": {s: {k: v[k] for k in ("pairs", "kinds")} for s, v in manifest["splits"].items()},
@@ -205,6 +220,7 @@ def run_dpo(conf, run_dir: Path) -> dict:
         "checkpoint": str(final),
     }
     if not is_main_process():
+        finish_wandb()
         return summary
     # rank 0 alone loads plain models from here on; under ZeRO-3, transformers would
     # otherwise partition them at load time, a collective the other ranks never join
@@ -224,6 +240,7 @@ def run_dpo(conf, run_dir: Path) -> dict:
     write_json(run_dir / "summary.json", summary)
     short = {k: v for k, v in summary.items() if k != "log_history"}
     print("DPO summary: " + json.dumps(short, indent=1))
+    finish_wandb()
     return summary
 
 
@@ -262,30 +279,37 @@ def headline(report: dict) -> dict[str, float | None]:
 def behaviour_before_after(
     conf, init: Path, final: Path, spec, run_dir: Path, summary: dict
 ) -> dict:
-    """Evaluate ``init`` (SFT) and ``final`` (DPO) on the same dialogues; write the report."""
-    from bayling_duplex.eval.dialogues import build_eval_items
+    """Evaluate ``init`` (SFT) and ``final`` (DPO) on the same dialogues; write the report
+    (report.json and summary.md name both checkpoints: :func:`~bayling_duplex.model.checkpoint.describe`)."""
+    from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import markdown_summary, write_report
     from bayling_duplex.eval.runner import evaluate_model
     from bayling_duplex.model.backbone import load_trained
+    from bayling_duplex.model.checkpoint import describe
 
-    reports, outcomes, items = {}, {}, None
+    # final/'s summary.json is written after this report: its steps come from this run
+    models = {"sft": describe(init), "dpo": {**describe(final), "steps": summary.get("steps")}}
+    reports, outcomes, evalsets = {}, {}, None
     for label, path in (("sft", init), ("dpo", final)):
         model, tok, vocab = (
             load_init(path, conf)
             if label == "sft"
             else load_trained(path, conf.vocab, conf.model.dtype)
         )
-        if items is None:
-            items = build_eval_items(
+        if evalsets is None:
+            evalsets = build_eval_sets(
                 conf.eval.evalset,
                 spec,
                 lambda t, tk=tok: tk(t, add_special_tokens=False)["input_ids"],
             )
+        items = evalsets.items
         log.info("behaviour evaluation of %s (%s) on %d dialogues", label, path, len(items))
         reports[label], outcomes[label], _ = evaluate_model(
             model, tok, vocab, spec.layout, items, conf.eval.decode, conf.eval.batch_size
         )
-    write_report(run_dir, reports, outcomes, items, spec.layout, conf.eval.plots)
+    write_report(
+        run_dir, reports, outcomes, items, spec.layout, conf.eval.plots, evalsets.counts, models
+    )
     before, after = headline(reports["sft"]), headline(reports["dpo"])
     delta = {
         k: None if before[k] is None or after[k] is None else round(after[k] - before[k], 4)
@@ -297,20 +321,35 @@ def behaviour_before_after(
     )
     result = {"sft": before, "dpo": after, "delta": delta, "sr_isr_kept": kept}
     (run_dir / "summary.md").write_text(
-        _markdown(summary, result) + "\n" + markdown_summary(reports)
+        _markdown(summary, result, models)
+        + "\n"
+        + markdown_summary(reports, evalsets.counts, models)
     )
     if not kept:
         log.warning("DPO lowered SR@3s or ISR@2s: %s", delta)
     return result
 
 
-def _markdown(summary: dict, result: dict) -> str:
+def _markdown(summary: dict, result: dict, models: dict | None = None) -> str:
+    def checkpoint_line(label: str, m: dict) -> str:
+        steps = "?" if m.get("steps") is None else m["steps"]
+        init = f", init `{m['init']}`" if m.get("init") else ""
+        return (
+            f"- {label}: `{m['path']}` (stage {m.get('stage') or '?'}, "
+            f"data {m.get('data') or '?'}{init}, {steps} steps)"
+        )
+
     lines = [
         "# DPO: before (SFT) and after",
         "",
         f"- init: `{summary['init']}`; {summary['steps']} steps on {summary['train_pairs']} pairs "
         f"({summary['train_seconds']} s); pairs by kind: {summary['pairs']['train']['kinds']}",
     ]
+    if models:
+        lines += [
+            checkpoint_line("before (SFT)", models["sft"]),
+            checkpoint_line("after (DPO)", models["dpo"]),
+        ]
     if "eval_rewards/accuracies" in summary:
         lines.append(
             f"- held-out pairs: reward accuracy {summary['eval_rewards/accuracies']:.3f}, "

@@ -48,7 +48,7 @@ def training_kwargs(
 ) -> dict[str, Any]:
     """``TrainingArguments`` keywords for a run: the generic ones, then the stage's ``extra``.
 
-    ``run`` is the run settings (``run.seed``, ``run.name``, ``run.wandb.mode``),
+    ``run`` is the run settings (``run.seed``, ``run.name``, ``run.wandb``: :func:`wandb_mode`),
     ``deepspeed`` the inline DeepSpeed config or None. A stage's ``extra`` may not
     set a generic keyword again (ValueError): the generic keys mean the same in
     every stage. With DeepSpeed, the single-process launch environment is set
@@ -85,7 +85,7 @@ def training_kwargs(
         "dataloader_num_workers": t.dataloader_workers,
         "seed": run.seed,
         "data_seed": run.seed,
-        "report_to": [] if run.wandb.mode == "disabled" else ["wandb"],
+        "report_to": [] if wandb_mode(run.wandb) == "disabled" else ["wandb"],
         "run_name": run.name,
         "deepspeed": deepspeed,
         "disable_tqdm": False,
@@ -122,10 +122,83 @@ def lora_config(settings: LoraSettings, trainable_tokens: list[int] | None = Non
     )
 
 
+# configure_wandb's bookkeeping: the value it last set for each wandb variable, and the
+# environment's own value it replaced. A later job in the same process (a --multirun
+# sweep) then sets its own values instead of inheriting the previous job's.
+_WANDB_OURS: dict[str, str | None] = {}
+_WANDB_USER: dict[str, str | None] = {}
+
+
+def _user_env(key: str) -> str | None:
+    """``$key`` as the user's environment has it, not as an earlier job of this process set it."""
+    current = os.environ.get(key)
+    if key in _WANDB_OURS and current == _WANDB_OURS[key]:
+        return _WANDB_USER.get(key)
+    return current
+
+
+def _set_env(key: str, value: str | None) -> None:
+    user = _user_env(key)
+    _WANDB_USER[key], _WANDB_OURS[key] = user, value
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def wandb_mode(w) -> str:
+    """The wandb mode of a run: ``run.wandb.mode`` when set (command line or YAML), else
+    ``$WANDB_MODE`` when the user's environment sets it, else ``offline``."""
+    return w.mode or _user_env("WANDB_MODE") or "offline"
+
+
 def configure_wandb(w, run_dir: Path) -> None:
-    """wandb's environment from ``run.wandb`` (the Trainer's integration reads it)."""
-    os.environ["WANDB_MODE"] = w.mode
-    os.environ.setdefault("WANDB_PROJECT", w.project)
-    if w.entity:
-        os.environ.setdefault("WANDB_ENTITY", w.entity)
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    """wandb's environment from ``run.wandb`` for one job (the Trainer's integration reads it).
+
+    ``WANDB_MODE`` is :func:`wandb_mode`. ``WANDB_PROJECT``, ``WANDB_ENTITY`` and
+    ``WANDB_DIR`` (default: the run folder) that the user's environment sets are kept;
+    those an earlier job of this process set are replaced by this job's.
+    """
+    _set_env("WANDB_MODE", wandb_mode(w))
+    for key, value in (
+        ("WANDB_PROJECT", w.project),
+        ("WANDB_ENTITY", w.entity),
+        ("WANDB_DIR", str(run_dir)),
+    ):
+        _set_env(key, _user_env(key) or value)
+
+
+def finish_wandb() -> None:
+    """End this job's wandb run and wandb's process-wide settings: the Trainer's integration
+    leaves the run open, and wandb keeps the environment it read at its first run, so the
+    next job of a sweep in the same process would log into this run, in this folder."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None or not hasattr(wandb, "teardown"):
+        return
+    if getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    wandb.teardown()
+
+
+def check_lora_targets(model, settings: LoraSettings) -> None:
+    """Refuse ``lora.target_modules`` naming no module of ``model`` (ConfigError listing the
+    names of its adaptable layers), before peft fails deep inside."""
+    import torch
+
+    from bayling_duplex.config import ConfigError
+
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [
+        t for t in settings.target_modules if not any(n == t or n.endswith("." + t) for n in names)
+    ]
+    if missing:
+        kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+        layers = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, kinds)}
+        )
+        raise ConfigError(
+            f"lora.target_modules: {missing} name no module of the model "
+            f"({type(model).__name__}); its layers are {layers}"
+        )

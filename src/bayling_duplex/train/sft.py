@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 
 from bayling_duplex.model.checkpoint import last_trainer_checkpoint
-from bayling_duplex.train.hf_args import configure_wandb, lora_config, training_kwargs
+from bayling_duplex.train.hf_args import (
+    check_lora_targets,
+    configure_wandb,
+    finish_wandb,
+    lora_config,
+    training_kwargs,
+)
 
 log = logging.getLogger("bayling_duplex.sft")
 
@@ -53,25 +59,41 @@ def run_sft(conf, run_dir: Path) -> dict:
     from bayling_duplex.model.checkpoint import CheckpointMeta, write_meta
     from bayling_duplex.runtime import is_main_process, write_json
     from bayling_duplex.train.collate import DuplexCollator
-    from bayling_duplex.train.sft_trainer import DuplexTrainer
+    from bayling_duplex.train.sft_trainer import (
+        DuplexTrainer,
+        RunLoss,
+        StopOnInterrupt,
+        TrainingInterrupted,
+    )
 
     run_dir = Path(run_dir)
+    finish_wandb()  # an earlier job of this process (a sweep) may have left its run open
     configure_wandb(conf.run.wandb, run_dir)
     # 1. backbone with the duplex vocabulary (tiny one cached in the run folder)
     model, tokenizer, vocab = load_backbone(conf.model, conf.vocab, run_dir / "backbone")
-    # 2. data, checked against this vocabulary
+    # 2. data, checked against this vocabulary, data.recipe's format and the model's positions
     train_ds, eval_ds, manifest = load_training_data(
-        conf.data, vocab, tokenizer, conf.train.eval_dialogues, conf.model, conf.vocab
+        conf.data,
+        vocab,
+        tokenizer,
+        conf.train.eval_dialogues,
+        conf.model,
+        conf.vocab,
+        max_positions=getattr(model.config, "max_position_embeddings", None),
     )
     # 3. optional LoRA
     if conf.lora.enabled:
         from peft import get_peft_model
 
+        check_lora_targets(model, conf.lora)
         # the duplex tokens' input and output rows stay trainable next to the adapters
         model = get_peft_model(model, lora_config(conf.lora, list(vocab.control_ids)))
     # 4. trainer
     args = training_arguments(conf, run_dir, eval_ds is not None)
-    callbacks = [stop_after(conf.train.stop_after_steps)] if conf.train.stop_after_steps else []
+    run_loss, interrupt = RunLoss(), StopOnInterrupt()
+    callbacks = [run_loss, interrupt]
+    if conf.train.stop_after_steps:
+        callbacks.append(stop_after(conf.train.stop_after_steps))
     behaviour = _behaviour_callback(conf, manifest, tokenizer, vocab)
     if behaviour is not None:
         callbacks.append(behaviour)
@@ -85,15 +107,20 @@ def run_sft(conf, run_dir: Path) -> dict:
         callbacks=callbacks,
         loss_weights=conf.train.loss_weights.table(),
     )
+    run_loss.trainer = trainer
     if behaviour is not None:
         behaviour.trainer = trainer
     resume = last_trainer_checkpoint(run_dir) if conf.run.resume else None
     if conf.run.resume and resume is None:
         log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
-    # 5. train
+    # 5. train (Ctrl-C: the step ends, a checkpoint is saved, TrainingInterrupted)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t0
+    if interrupt.requested:
+        finish_wandb()
+        raise TrainingInterrupted(trainer.state.global_step, last_trainer_checkpoint(run_dir))
     stopped_early = (
         bool(conf.train.stop_after_steps) and trainer.state.global_step < trainer.state.max_steps
     )
@@ -108,7 +135,8 @@ def run_sft(conf, run_dir: Path) -> dict:
         "steps": trainer.state.global_step,
         "stopped_early": stopped_early,
         "resumed_from": str(resume) if resume else None,
-        "train_loss": result.training_loss,
+        # the mean over every step of the run, resumed or not
+        "train_loss": run_loss.train_loss(result.training_loss, trainer.state.global_step),
         "train_seconds": round(seconds, 1),
         "train_sequences": len(train_ds),
         "data": manifest["name"],
@@ -125,6 +153,7 @@ def run_sft(conf, run_dir: Path) -> dict:
         write_json(run_dir / "summary.json", summary)
         short = {k: v for k, v in summary.items() if k != "log_history"}
         print("SFT summary: " + json.dumps(short, indent=1))
+    finish_wandb()
     return summary
 
 

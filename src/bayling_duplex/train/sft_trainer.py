@@ -1,19 +1,33 @@
-"""``transformers.Trainer`` with the duplex loss and per-channel held-out losses.
+"""``transformers.Trainer`` with the duplex loss and per-channel held-out losses, and the
+callbacks both stages add to their trainer.
 
-Two methods are overridden, nothing else:
+Two methods of :class:`DuplexTrainer` are overridden, nothing else:
 
 * :meth:`DuplexTrainer.compute_loss` — the class-weighted loss of format §5
   instead of the model's plain CE (the collator passes ``classes``).
 * :meth:`DuplexTrainer.evaluate` — held-out loss split by channel (text
   channel vs assistant audio), which the stock loop cannot report.
+
+The callbacks (SFT and DPO): :class:`RunLoss` carries the sum of the training
+losses in every checkpoint, so a resumed run reports the mean over all its steps;
+:class:`StopOnInterrupt` turns Ctrl-C into "finish the step, save, stop"
+(:class:`TrainingInterrupted`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
+
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from bayling_duplex.train.loss import channel_loss_sums, weighted_loss
+
+log = logging.getLogger("bayling_duplex.train")
 
 
 class DuplexTrainer(Trainer):
@@ -69,3 +83,105 @@ class DuplexTrainer(Trainer):
         )
         model.train()
         return metrics
+
+
+# ----------------------------------------------------------------------------- both stages
+
+
+class RunLoss(TrainerCallback, ExportableState):
+    """The sum of the per-step training losses since step 0, saved in each checkpoint's
+    ``trainer_state.json`` (``stateful_callbacks.RunLoss``).
+
+    The Trainer's own ``training_loss`` is the mean over the steps of one ``train()``
+    call; :meth:`train_loss` is the mean over every step of the run, the same whether
+    the run was resumed or not. Set :attr:`trainer` after building the trainer.
+    """
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.before: float | None = 0.0  # loss sum of the steps before this train() call
+        self.start_step = 0
+
+    def loss_sum(self) -> float | None:
+        t = self.trainer
+        if self.before is None or t is None or not hasattr(t, "_total_loss_scalar"):
+            return self.before
+        # logged losses so far, plus those since the last log (the Trainer's own bookkeeping)
+        return self.before + t._total_loss_scalar + float(t._tr_loss.item())
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"loss_sum": self.loss_sum()}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
+        stored = state.stateful_callbacks.get(type(self).__name__)
+        if state.global_step == 0:
+            self.before = 0.0
+        elif (
+            isinstance(stored, dict)
+            and (stored.get("attributes") or {}).get("loss_sum") is not None
+        ):
+            self.before = float(stored["attributes"]["loss_sum"])
+        else:  # a checkpoint saved without this callback
+            self.before = None
+            log.warning(
+                "the resumed checkpoint holds no loss sum: train_loss covers the resumed steps"
+            )
+        state.stateful_callbacks[type(self).__name__] = self.state()
+        return control
+
+    def train_loss(self, training_loss: float, global_step: int) -> float:
+        """The mean loss over all ``global_step`` steps, given ``train()``'s ``training_loss``."""
+        if self.before is None or global_step <= self.start_step:
+            return training_loss
+        return (self.before + training_loss * (global_step - self.start_step)) / global_step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at ``step``; ``checkpoint`` is what ``run.resume=true`` uses."""
+
+    def __init__(self, step: int, checkpoint) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(interrupt_message(step, checkpoint))
+
+
+def interrupt_message(step: int | None, checkpoint) -> str:
+    at = f"stopped at step {step}" if step is not None else "stopped"
+    if checkpoint is None:
+        return f"{at}, before any checkpoint was saved: a rerun starts from scratch"
+    return f"{at}; resume with run.resume=true (it continues from {checkpoint})"
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C (SIGINT) during training: finish the current step, save a checkpoint, stop.
+
+    Used as a context manager around ``trainer.train()``; a second Ctrl-C stops at
+    once. Only in a single process: the ranks of a launch would each see the signal
+    at another step and save out of step, so there Ctrl-C interrupts as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+        if single and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)  # next: at once
+        log.warning("Ctrl-C: saving a checkpoint after this step, then stopping (again: at once)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -382,3 +382,36 @@ def test_hugging_face_sources_from_local_files(tokenizer_dir, tmp_path, hf_forma
     train = m["splits"]["train"]
     assert (train["records"], train["sequences"], train["rejected"]) == (8, 8, 0)
     assert sorted(load_split(tmp_path / "built", "train")["id"]) == sorted(s["id"] for s in scripts)
+
+
+# --------------------------------------------------------------------------- clear errors (issue 12)
+
+
+def test_silence_code_outside_the_audio_range_fails_once_before_the_build(tokenizer_dir, tmp_path):
+    from bayling_duplex.format.spec import FormatConfig
+
+    out = tmp_path / "bad-silence"
+    recipe = demo_recipe(train=4, heldout=None, format=FormatConfig(silence_codes=[300]))
+    with pytest.raises(BuildError, match=r"recipe\.format\.silence_codes=\[300\].*\[0, 256\)"):
+        build(recipe, tokenizer_dir, out)
+    assert not (out / PLAN).exists()  # refused before the build started
+
+
+def test_render_names_a_missing_record_or_split_and_lists_what_exists(built, tiny_cache):
+    from helpers import compose_conf
+
+    from bayling_duplex.cli.data import RenderError, render_record
+
+    _, out, _ = built
+
+    def conf(*overrides: str):
+        return compose_conf("render", [f"source={out}", f"cache_dir={tiny_cache}", *overrides])
+
+    with pytest.raises(RenderError, match=r"split='nope'.*'train', 'heldout'"):
+        render_record(conf("split=nope"))
+    ids = load_split(out, "train")["id"]
+    with pytest.raises(RenderError, match=rf"record='nope' is not in.*{ids[0]!r}"):
+        render_record(conf("record=nope"))
+    with pytest.raises(RenderError, match=r"index=999 is out of range.*60 record"):
+        render_record(conf("index=999"))
+    assert render_record(conf(f"record={ids[3]}")).startswith(f"{ids[3]}  (10:5:10")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -421,3 +422,37 @@ def test_infer_command(tiny_backbone, tiny_cache, tmp_path, capsys):
     inp.write_text(json.dumps({"id": "c", "user_codes": [999] * 10}) + "\n")
     assert main(argv) == 2
     assert "outside [0, 256)" in capsys.readouterr().err
+
+
+def test_infer_names_a_missing_checkpoint(tmp_path, capsys):
+    inp = tmp_path / "in.txt"
+    inp.write_text(" ".join(["3"] * 20))
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--input", str(inp)]) == 2
+    err = capsys.readouterr().err
+    assert f"no folder {tmp_path / 'nope'}" in err and "Repo id" not in err
+
+
+def test_infer_ratio_must_match_the_checkpoint(tiny_backbone, tmp_path, capsys, caplog):
+    from bayling_duplex.format.spec import FormatSpec
+    from bayling_duplex.model.checkpoint import CheckpointMeta, write_meta
+
+    model, tokenizer, _ = tiny_backbone
+    bare = tmp_path / "bare"  # no duplex.json: any ratio, with a warning
+    model.save_pretrained(bare)
+    tokenizer.save_pretrained(bare)
+    trained = tmp_path / "trained"
+    shutil.copytree(bare, trained)
+    write_meta(trained, CheckpointMeta(FormatSpec(), "demo", "sft"))  # 10:5:10
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "user_codes": [3] * 40}) + "\n")
+    out = tmp_path / "out.jsonl"
+    common = ["--input", str(inp), "--out", str(out)]
+    assert main(["--checkpoint", str(trained), *common, "--ratio", "8:4:8"]) == 2
+    err = capsys.readouterr().err
+    assert "--ratio 8:4:8 does not match" in err and "10:5:10" in err
+    assert main(["--checkpoint", str(trained), *common, "--ratio", "10:5:10"]) == 0
+    assert json.loads(out.read_text())["num_blocks"] == 4
+    with caplog.at_level(logging.WARNING):
+        assert main(["--checkpoint", str(bare), *common, "--ratio", "8:4:8"]) == 0
+    assert "has no duplex.json" in caplog.text and "8:4:8" in caplog.text
+    assert json.loads(out.read_text())["num_blocks"] == 5  # 40 frames in blocks of 8

@@ -14,6 +14,7 @@ from bayling_duplex.model.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     check_format,
+    describe,
     is_finished,
     latest_finished,
     read_format,
@@ -26,6 +27,8 @@ SPEC = FormatSpec(BlockLayout(10, 5, 12.5), (3, 4))
 
 
 def finished_run(runs, stage, name, *, meta=True, summary=True, model=True, mtime=None):
+    """A run folder as a training stage leaves it; ``summary`` True: a finished run's
+    summary.json, a dict: that summary.json, False: none."""
     final = runs / stage / name / "final"
     final.mkdir(parents=True)
     if model:
@@ -33,7 +36,8 @@ def finished_run(runs, stage, name, *, meta=True, summary=True, model=True, mtim
     if meta:
         write_meta(final, CheckpointMeta(SPEC, "demo", stage))
     if summary:
-        (final.parent / "summary.json").write_text("{}")
+        content = {"steps": 3, "checkpoint": str(final)} if summary is True else summary
+        (final.parent / "summary.json").write_text(json.dumps(content))
         if mtime is not None:
             os.utime(final.parent / "summary.json", (mtime, mtime))
     return final
@@ -111,3 +115,39 @@ def test_resolve_names_what_is_wrong(tmp_path):
     empty.mkdir()
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         resolve(str(empty), "sft", runs)
+
+
+def test_latest_skips_throwaway_runs_and_says_why(tmp_path):
+    runs = tmp_path / "runs"
+    finished_run(runs, "sft", "zero", summary={"steps": 0, "checkpoint": "x"}, mtime=5_000)
+    finished_run(runs, "sft", "early", summary={"steps": 2, "stopped_early": True}, mtime=6_000)
+    finished_run(runs, "sft", "nockpt", summary={"steps": 4, "checkpoint": None}, mtime=7_000)
+    stopped = runs / "sft" / "stopped"  # stop_after_steps: no final/, only the summary
+    stopped.mkdir(parents=True)
+    (stopped / "summary.json").write_text(json.dumps({"steps": 1, "stopped_early": True}))
+    for name in ("zero", "early", "nockpt", "stopped"):
+        assert not is_finished(runs / "sft" / name / "final")
+    with pytest.raises(CheckpointError) as err:
+        latest_finished("sft", runs)
+    msg = str(err.value)
+    assert "zero: 0 training steps" in msg
+    assert "early: stopped early at step 2" in msg and "stopped: stopped early at step 1" in msg
+    assert "nockpt: summary.json names no checkpoint" in msg
+    assert "python -m bayling_duplex.train sft" in msg
+    real = finished_run(runs, "sft", "real", mtime=1_000)  # older than every throwaway run
+    assert latest_finished("sft", runs) == real
+    assert resolve("latest", "sft", runs) == real
+
+
+def test_describe_records_the_checkpoint_and_its_run(tmp_path):
+    runs = tmp_path / "runs"
+    final = finished_run(runs, "dpo", "a", summary={"steps": 7, "checkpoint": "x"})
+    write_meta(final, CheckpointMeta(SPEC, "demo", "dpo", init="runs/sft/b/final"))
+    d = describe(final)
+    assert d["path"] == str(final.resolve()) and d["duplex_json"]
+    assert (d["stage"], d["data"], d["init"], d["steps"]) == ("dpo", "demo", "runs/sft/b/final", 7)
+    assert d["format"]["silence_codes"] == [3, 4]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    d = describe(bare)
+    assert not d["duplex_json"] and d["stage"] is None and d["steps"] is None

@@ -334,3 +334,68 @@ def test_cli_default_without_sft_run_explains(tmp_path):
     )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "python -m bayling_duplex.train sft" in res.stderr
+
+
+def _small(*extra: str) -> list[str]:
+    """SMALL_RUN with ``extra`` in place of its values for the same keys."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    return [o for o in SMALL_RUN if o.split("=", 1)[0] not in keys] + list(extra)
+
+
+def test_resume_skips_a_half_written_checkpoint_and_reports_the_run_loss(sft_final, tmp_path):
+    """A run killed after its checkpoint-2 (and while writing checkpoint-3) resumes from
+    checkpoint-2; its train_loss is the mean over all steps, as in the uninterrupted run
+    (logged every 3 steps: the loss of steps 1-2 was not logged when checkpoint-2 was saved)."""
+    import shutil
+
+    from bayling_duplex.train.dpo import run_dpo
+
+    steps = _small(
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.logging_steps=3",
+        "train.save_total_limit=3",
+        "eval.enabled=false",
+    )
+    full = run_dpo(dpo_conf(sft_final, tmp_path, *steps), tmp_path / "full")
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", cut / "checkpoint-2")
+    (cut / "checkpoint-3").mkdir()  # killed while saving: weights, no trainer_state.json
+    shutil.copy(cut / "checkpoint-2" / "model.safetensors", cut / "checkpoint-3")
+    resumed = run_dpo(dpo_conf(sft_final, tmp_path, *steps, "run.resume=true"), cut)
+    assert resumed["resumed_from"] == str(cut / "checkpoint-2") and resumed["steps"] == 4
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    assert json.loads((cut / "summary.json").read_text())["train_loss"] == resumed["train_loss"]
+
+
+def test_dpo_ctrl_c_saves_the_step_and_names_the_checkpoint(sft_final, tmp_path, monkeypatch):
+    import signal
+
+    from bayling_duplex.train.dpo import run_dpo
+    from bayling_duplex.train.sft_trainer import TrainingInterrupted
+
+    cls = trainer_class()
+    original, calls = cls.compute_loss, []
+
+    def compute_loss(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "compute_loss", compute_loss)
+    steps = _small("train.max_steps=4", "eval.enabled=false")
+    with pytest.raises(TrainingInterrupted, match=r"^stopped at step 2; resume with run\.resume"):
+        run_dpo(dpo_conf(sft_final, tmp_path, *steps), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_lora_target_modules_are_checked_before_the_pairs_are_made(sft_final, tmp_path):
+    from bayling_duplex.cli.hydra import ConfigError
+    from bayling_duplex.train.dpo import run_dpo
+
+    conf = dpo_conf(sft_final, tmp_path, "lora.enabled=true", "lora.target_modules=[nope]")
+    with pytest.raises(ConfigError, match=r"lora\.target_modules: \['nope'\].*q_proj"):
+        run_dpo(conf, tmp_path / "run")
+    assert not (tmp_path / "pairs").exists()

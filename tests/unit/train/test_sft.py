@@ -125,21 +125,34 @@ def test_sft_cpu_run_writes_checkpoint_and_changes_every_parameter(small_data, t
         assert not torch.equal(p0, p1), f"{name} did not change"
 
 
-def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path):
+def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path, caplog):
+    import logging
+
     from bayling_duplex.train.sft import run_sft
 
     steps = ["train.max_steps=6", "train.save_steps=3", "train.eval_dialogues=0"]
     full = run_sft(sft_conf(small_data, *steps), tmp_path / "full")
     run_sft(sft_conf(small_data, *steps, "train.stop_after_steps=3"), tmp_path / "cut")
     assert not (tmp_path / "cut" / "final").exists()
-    resumed = run_sft(sft_conf(small_data, *steps, "run.resume=true"), tmp_path / "cut")
+    # a newer checkpoint half-written by a run killed while saving: no trainer_state.json
+    half = tmp_path / "cut" / "checkpoint-5"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        resumed = run_sft(sft_conf(small_data, *steps, "run.resume=true"), tmp_path / "cut")
     assert resumed["resumed_from"].endswith("checkpoint-3")
+    assert "checkpoint-5" in caplog.text
 
     def losses(summary, lo, hi):
         return [h["loss"] for h in summary["log_history"] if "loss" in h and lo < h["step"] <= hi]
 
     assert losses(resumed, 3, 6) == pytest.approx(losses(full, 3, 6), rel=1e-6, abs=1e-7)
     assert len(losses(full, 3, 6)) == 3
+    # train_loss: the mean over all 6 steps, as in the uninterrupted run
+    saved = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert saved["train_loss"] == resumed["train_loss"]
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+    assert full["train_loss"] == pytest.approx(sum(losses(full, 0, 6)) / 6, rel=1e-6)
 
 
 def test_lora_trains_adapters_and_new_token_rows(small_data, tmp_path):
@@ -199,3 +212,207 @@ def test_behaviour_evaluation_is_logged_during_training(small_data, tmp_path):
     assert any("behaviour/SR@3s" in h for h in summary["log_history"])
     meta = json.loads((tmp_path / "final" / "duplex.json").read_text())
     assert meta["format"]["frames_per_block"] == 10 and meta["format"]["silence_codes"] == [0]
+
+
+# --------------------------------------------------------------------------- issue 12: data refusals
+
+
+def _edited_copy(data, out, edit):
+    """``data``'s manifest alone, edited: training refuses it before reading a shard."""
+    out.mkdir(parents=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_data_of_another_format_codec_or_builder_is_refused_naming_each(small_data, tmp_path):
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
+
+    def other(m):
+        m["layout"]["slots_per_block"] = 4
+        m["layout"]["frame_rate_hz"] = 25.0
+        m["silence_codes"] = [7, 8]
+        m["fingerprint"]["codec"] = "glm4voice-12.5hz"
+        m["fingerprint"]["builder"] = 99
+
+    data = _edited_copy(small_data, tmp_path / "s4", other)
+    with pytest.raises(DataMismatchError) as e:
+        run_sft(sft_conf(data), tmp_path / "run")
+    msg = str(e.value)
+    assert "\n" not in msg and "made for another configuration (built != expected)" in msg
+    for part in (
+        "format.slots_per_block: 4 != 5",
+        "format.frame_rate_hz: 25.0 != 12.5",
+        "format.silence_codes: [7, 8] != [0]",
+        "codec: glm4voice-12.5hz != toy-v1-256",
+        "builder: 99 != 1",
+    ):
+        assert part in msg, msg
+    assert "vocab" not in msg and "data.recipe" in msg
+    assert not (tmp_path / "run" / "checkpoint-1").exists()
+
+
+def test_data_built_with_slots_per_block_4_is_refused(tmp_path):
+    """The issue's repro: a 10:4:10 build does not train against the 10:5:10 demo recipe."""
+    from helpers import compose_conf as build_conf
+
+    from bayling_duplex.cli.data import build_dataset
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
+
+    out = tmp_path / "s4"
+    build_dataset(
+        build_conf(
+            "build",
+            [
+                "recipe.format.slots_per_block=4",
+                "recipe.train.count=8",
+                "recipe.heldout=null",
+                f"output_dir={out}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "num_workers=1",
+            ],
+        )
+    )
+    with pytest.raises(DataMismatchError, match=r"format\.slots_per_block: 4 != 5"):
+        run_sft(sft_conf(out, "train.max_steps=1"), tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda m: m.update(splits={}), "no train split (splits: none)"),
+        (lambda m: m["splits"].pop("train"), "no train split (splits: heldout (12 sequences))"),
+        (lambda m: m["splits"]["train"].update(sequences=0), "an empty train split"),
+    ],
+    ids=["no splits", "heldout only", "empty train"],
+)
+def test_data_without_training_sequences_is_refused(small_data, tmp_path, edit, words):
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
+
+    data = _edited_copy(small_data, tmp_path / "d", edit)
+    with pytest.raises(DataMismatchError, match="holds no training sequences") as e:
+        run_sft(sft_conf(data), tmp_path / "run")
+    assert words in str(e.value)
+
+
+def test_a_failed_empty_build_is_refused_with_its_failure(tmp_path, tiny_cache):
+    from bayling_duplex.data.build import BuildError, run_build
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.data.recipe import RecipeConfig, SourceConfig
+    from bayling_duplex.format.vocab import VocabConfig
+    from bayling_duplex.model.backbone import ModelConfig, backbone_source
+    from bayling_duplex.train.sft import run_sft
+
+    (tmp_path / "empty.jsonl").write_text("")
+    recipe = RecipeConfig(
+        name="e", train=SourceConfig(kind="timelines_jsonl", path=str(tmp_path / "empty.jsonl"))
+    )
+    tok = str(backbone_source(ModelConfig(), tiny_cache))
+    with pytest.raises(BuildError):
+        run_build(recipe, tok, VocabConfig(), tmp_path / "e", 1, progress=False)
+    with pytest.raises(DataMismatchError, match="failed build: split train yields no sequence"):
+        run_sft(sft_conf(tmp_path / "e"), tmp_path / "run")
+
+
+def test_sequences_longer_than_the_model_positions_are_refused(small_data, tmp_path):
+    from bayling_duplex.data.load import DataMismatchError
+    from bayling_duplex.train.sft import run_sft
+
+    manifest = json.loads((small_data / "manifest.json").read_text())
+    longest = manifest["splits"]["train"]["max_seq_len"]
+    assert longest == manifest["splits"]["train"]["num_blocks"]["max"] * 25
+    conf = sft_conf(small_data, f"model.tiny.max_position_embeddings={longest - 1}")
+    with pytest.raises(DataMismatchError) as e:
+        run_sft(conf, tmp_path / "run")
+    msg = str(e.value)
+    assert f"{longest} tokens" in msg and f"max_position_embeddings={longest - 1}" in msg
+    assert "recipe.limits.max_seq_len" in msg and "\n" not in msg
+    # an older manifest without max_seq_len: the longest is read from the block stats
+    old = _edited_copy(
+        small_data, tmp_path / "old", lambda m: m["splits"]["train"].pop("max_seq_len")
+    )
+    with pytest.raises(DataMismatchError, match=f"{longest} tokens"):
+        run_sft(sft_conf(old, f"model.tiny.max_position_embeddings={longest - 1}"), tmp_path / "r2")
+
+
+def _sigint_at_call(monkeypatch, cls, n: int) -> None:
+    """Ctrl-C arrives while ``cls.compute_loss`` runs for the ``n``-th time (mid-step)."""
+    import signal
+
+    original, calls = cls.compute_loss, []
+
+    def compute_loss(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "compute_loss", compute_loss)
+
+
+def test_ctrl_c_saves_the_step_and_names_the_checkpoint_to_resume(
+    small_data, tmp_path, monkeypatch
+):
+    import signal
+
+    from bayling_duplex.train.sft import run_sft
+    from bayling_duplex.train.sft_trainer import DuplexTrainer, TrainingInterrupted
+
+    steps = ["train.max_steps=4", "train.save_steps=100", "train.eval_dialogues=0"]
+    handler = signal.getsignal(signal.SIGINT)
+    _sigint_at_call(monkeypatch, DuplexTrainer, 2)
+    with pytest.raises(TrainingInterrupted) as e:
+        run_sft(sft_conf(small_data, *steps), tmp_path)
+    assert e.value.step == 2
+    assert str(e.value) == (
+        "stopped at step 2; resume with run.resume=true "
+        f"(it continues from {tmp_path / 'checkpoint-2'})"
+    )
+    assert (tmp_path / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "final").exists() and not (tmp_path / "summary.json").exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.undo()
+    resumed = run_sft(sft_conf(small_data, *steps, "run.resume=true"), tmp_path)
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 4
+
+
+def test_cli_ctrl_c_prints_one_line_and_exits_130(small_data, tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    args = [sys.executable, "-m", "bayling_duplex.train", "sft", *TINY]
+    args += [f"data.path={small_data}", "train.max_steps=400", "train.eval_dialogues=0"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = bytearray()
+
+    def read():
+        while chunk := proc.stderr.read1(4096):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while not re.search(rb"[1-9]\d*/400 \[", err) and proc.poll() is None:
+        assert time.monotonic() < deadline, err.decode(errors="replace")[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=180)
+    reader.join(10)
+    text = err.decode(errors="replace")
+    assert rc == 130, text[-3000:]
+    assert "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    m = re.fullmatch(
+        r"stopped at step (\d+); resume with run\.resume=true \(it continues from (.+)\)", last
+    )
+    assert m, last
+    assert m.group(2).endswith(f"checkpoint-{m.group(1)}") and Path(m.group(2)).is_dir()
