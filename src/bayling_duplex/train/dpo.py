@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,10 +153,10 @@ def run_dpo(conf, run_dir: Path) -> dict:
     """Train; write ``final/``, ``summary.json`` and the before/after report into ``run_dir``."""
     from bayling_duplex.data.load import manifest_format
     from bayling_duplex.model import checkpoint
-    from bayling_duplex.model.checkpoint import CheckpointMeta, last_trainer_checkpoint
+    from bayling_duplex.model.checkpoint import CheckpointMeta
     from bayling_duplex.runtime import is_main_process, write_json
     from bayling_duplex.train.hf_args import check_lora_targets, configure_wandb, finish_wandb
-    from bayling_duplex.train.sft_trainer import RunLoss, StopOnInterrupt, TrainingInterrupted
+    from bayling_duplex.train.sft_trainer import RunLoss, StopOnInterrupt, train_resumable
 
     run_dir = Path(run_dir)
     finish_wandb()  # an earlier job of this process (a sweep) may have left its run open
@@ -189,18 +188,9 @@ def run_dpo(conf, run_dir: Path) -> dict:
         callbacks=[run_loss, interrupt],
     )
     run_loss.trainer = trainer
-    resume = last_trainer_checkpoint(run_dir) if conf.run.resume else None
-    if conf.run.resume and resume is None:
-        log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
     # 5. train (Ctrl-C: the step ends, a checkpoint is saved, TrainingInterrupted), then
     # the held-out pairs
-    t0 = time.perf_counter()
-    with interrupt:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - t0
-    if interrupt.requested:
-        finish_wandb()
-        raise TrainingInterrupted(trainer.state.global_step, last_trainer_checkpoint(run_dir))
+    result, resume, seconds = train_resumable(trainer, run_dir, conf.run.resume, interrupt)
     metrics = trainer.evaluate() if eval_ds is not None else {}
     # 6. save (every rank: ZeRO-3 gathers the weights collectively)
     final = run_dir / "final"

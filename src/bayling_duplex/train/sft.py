@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
-from bayling_duplex.model.checkpoint import last_trainer_checkpoint
 from bayling_duplex.train.hf_args import (
     check_lora_targets,
     configure_wandb,
@@ -63,7 +61,7 @@ def run_sft(conf, run_dir: Path) -> dict:
         DuplexTrainer,
         RunLoss,
         StopOnInterrupt,
-        TrainingInterrupted,
+        train_resumable,
     )
 
     run_dir = Path(run_dir)
@@ -110,17 +108,8 @@ def run_sft(conf, run_dir: Path) -> dict:
     run_loss.trainer = trainer
     if behaviour is not None:
         behaviour.trainer = trainer
-    resume = last_trainer_checkpoint(run_dir) if conf.run.resume else None
-    if conf.run.resume and resume is None:
-        log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
     # 5. train (Ctrl-C: the step ends, a checkpoint is saved, TrainingInterrupted)
-    t0 = time.perf_counter()
-    with interrupt:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - t0
-    if interrupt.requested:
-        finish_wandb()
-        raise TrainingInterrupted(trainer.state.global_step, last_trainer_checkpoint(run_dir))
+    result, resume, seconds = train_resumable(trainer, run_dir, conf.run.resume, interrupt)
     stopped_early = (
         bool(conf.train.stop_after_steps) and trainer.state.global_step < trainer.state.max_steps
     )

@@ -185,3 +185,25 @@ class StopOnInterrupt(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def train_resumable(trainer, run_dir, resume: bool, interrupt: StopOnInterrupt):
+    """``trainer.train()`` for a stage: from the run's last complete checkpoint when
+    ``resume``; a Ctrl-C caught by ``interrupt`` ends as :class:`TrainingInterrupted`
+    naming the checkpoint a resume will use. Returns ``(result, resumed_from, seconds)``."""
+    import time
+
+    from bayling_duplex.model.checkpoint import last_trainer_checkpoint
+    from bayling_duplex.train.hf_args import finish_wandb
+
+    start = last_trainer_checkpoint(run_dir) if resume else None
+    if resume and start is None:
+        log.warning("run.resume=true but %s holds no checkpoint: starting from scratch", run_dir)
+    t0 = time.perf_counter()
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=str(start) if start else None)
+    seconds = time.perf_counter() - t0
+    if interrupt.requested:
+        finish_wandb()
+        raise TrainingInterrupted(trainer.state.global_step, last_trainer_checkpoint(run_dir))
+    return result, start, seconds
