@@ -158,12 +158,22 @@ def _as_tuple(t) -> tuple:
     return t if isinstance(t, tuple) else (t,)
 
 
+def _over_limit(
+    rid: str, reason: str, what: str, limits: RecordLimits, key: str, tail: str = ""
+) -> RecordError:
+    """``"<what>, more than recipe.limits.<key>=<value>"``: the one wording of a size rejection
+    (frame limits also say which ``max_seq_len`` they come from)."""
+    if key == "max_frames":
+        tail = f" (what recipe.limits.max_seq_len={limits.max_seq_len} allows){tail}"
+    return RecordError(
+        rid, reason, f"{what}, more than recipe.limits.{key}={getattr(limits, key)}{tail}"
+    )
+
+
 def _count(value: list, label: str, rid: str, limits: RecordLimits) -> list:
     if len(value) > limits.max_items:
-        raise RecordError(
-            rid,
-            "too_large",
-            f"{label} has {len(value)} entries, more than recipe.limits.max_items={limits.max_items}",
+        raise _over_limit(
+            rid, "too_large", f"{label} has {len(value)} entries", limits, "max_items"
         )
     return value
 
@@ -172,12 +182,7 @@ def _codes(value, key: str, rid: str, limits: RecordLimits = NO_LIMITS) -> tuple
     if not isinstance(value, list):
         raise RecordError(rid, "wrong_type", f"field {key!r} must be a list of ints")
     if limits.max_frames is not None and len(value) > limits.max_frames:
-        raise RecordError(
-            rid,
-            "too_long",
-            f"{key} has {len(value)} codes, more than recipe.limits.max_frames={limits.max_frames} "
-            f"(what recipe.limits.max_seq_len={limits.max_seq_len} allows)",
-        )
+        raise _over_limit(rid, "too_long", f"{key} has {len(value)} codes", limits, "max_frames")
     if not all(type(c) is int for c in value):
         raise RecordError(rid, "wrong_type", f"field {key!r} must hold ints only")
     return tuple(value)
@@ -188,11 +193,8 @@ def _frame(obj: dict, key: str, rid: str, limits: RecordLimits = NO_LIMITS) -> i
     if value < 0:
         raise RecordError(rid, "wrong_type", f"field {key!r} must be >= 0, got {value}")
     if limits.max_frames is not None and value > limits.max_frames:
-        raise RecordError(
-            rid,
-            "too_long",
-            f"field {key!r} is {_short(value)}, more than recipe.limits.max_frames="
-            f"{limits.max_frames} (what recipe.limits.max_seq_len={limits.max_seq_len} allows)",
+        raise _over_limit(
+            rid, "too_long", f"field {key!r} is {_short(value)}", limits, "max_frames"
         )
     return value
 
@@ -226,11 +228,8 @@ def _text(
         if not isinstance(value, str):
             raise RecordError(rid, "wrong_type", f"{label} must be a string")
     if len(value) > limits.max_text_chars:
-        raise RecordError(
-            rid,
-            "too_large",
-            f"{label} has {len(value)} characters, more than recipe.limits.max_text_chars="
-            f"{limits.max_text_chars}",
+        raise _over_limit(
+            rid, "too_large", f"{label} has {len(value)} characters", limits, "max_text_chars"
         )
     return _unicode(value, label, rid)
 
@@ -264,11 +263,13 @@ def record_id(obj, limits: RecordLimits = NO_LIMITS, where: str | None = None) -
             else "field 'id' is missing",
         )
     if len(rid) > limits.max_id_chars:
-        raise RecordError(
+        raise _over_limit(
             where or rid[:40] + "…",
             "too_large",
-            f"id has {len(rid)} characters, more than recipe.limits.max_id_chars="
-            f"{limits.max_id_chars}: {_short(rid)}",
+            f"id has {len(rid)} characters",
+            limits,
+            "max_id_chars",
+            f": {_short(rid)}",
         )
     _unicode(rid, "field 'id'", here)
     return rid
@@ -282,11 +283,8 @@ def _label(obj: dict, key: str, rid: str, limits: RecordLimits) -> str | None:
     if not isinstance(value, str):
         raise RecordError(rid, "wrong_type", f"field {key!r} must be a string")
     if len(value) > limits.max_id_chars:
-        raise RecordError(
-            rid,
-            "too_large",
-            f"field {key!r} has {len(value)} characters, more than recipe.limits.max_id_chars="
-            f"{limits.max_id_chars}",
+        raise _over_limit(
+            rid, "too_large", f"field {key!r} has {len(value)} characters", limits, "max_id_chars"
         )
     return _unicode(value, f"field {key!r}", rid)
 
