@@ -5,17 +5,25 @@ Two codecs share one small interface (``name``, ``num_codes``, ``silence_codes``
 * :class:`ToyCodec` — **a stand-in for speech, not speech.** It turns *text*
   into codes so that every stage runs anywhere in seconds with no audio and
   no model: each word lasts ``1 + len(word) // 2`` frames (longer words speak
-  longer), its codes are a stable hash of the word and the frame index, a
-  one-frame pause follows each word (two after a comma), and an utterance
-  ends with a prosody code that tells a question (rising, code 1) from a
-  statement (falling, code 2). Code 0 is digital silence. A model trained on
-  it learns the *timing* behaviour of the duplex format, not speech.
+  longer), its codes are a stable hash of the word and the frame index, and a
+  one-frame pause follows each word but the last (two after a comma). Code 0
+  is digital silence; every other code is a word code. Nothing marks the end
+  of an utterance or tells a question from a statement: a turn ends where its
+  last word ends, and only the silence after it (and what was said) can tell
+  a listener that it ended. A model trained on it learns the *timing*
+  behaviour of the duplex format from silence and lexical content, not
+  speech. (Version 1 ended every utterance with a reserved prosody code, and
+  models learned to answer on that code alone: see docs/data.md.)
 * :class:`GlmSpeechCodec` — GLM-4-Voice's 12.5 Hz Whisper-VQ tokenizer
   (``speech_tokenizer.py``) for real audio: 16 kHz waveforms in, one code per
   80 ms (1280 samples) out. The audio tokenizing command
   (``python -m bayling_duplex.speech``) and waveform-level synthesis
   (``mixer.py``) reach the tokenizer only through it. Its silence pattern is
   *measured* (:func:`silence_pattern`), never assumed.
+
+A third codec with the same interface lives in ``units.py``: ``UnitCodec``,
+log-mel k-means units fit in-process (no download), whose silence is measured
+the same way.
 """
 
 from __future__ import annotations
@@ -38,9 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SILENCE_CODE = 0
-RISING_CODE = 1  # ends a question
-FALLING_CODE = 2  # ends a statement
-FIRST_WORD_CODE = 8  # codes [3, 8) are reserved
+FIRST_WORD_CODE = 1  # every code but digital silence is a word code
 _WORD = re.compile(r"[A-Za-z0-9'’-]+|[?.!,;:]")
 
 
@@ -56,7 +62,7 @@ class ToyCodec:
                 f"the toy codec needs more than {FIRST_WORD_CODE + 8} codes, got {self.num_codes}"
             )
 
-    name = "toy-v1"
+    name = "toy-v2"
 
     @property
     def silence_codes(self) -> tuple[int, ...]:
@@ -74,15 +80,14 @@ class ToyCodec:
     def encode(self, text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(codes, word_ends)``: the utterance's codes and the frame offset after each word's pause.
 
-        ``word_ends`` excludes the end of the utterance: they are the places
-        where a hesitation pause could be inserted.
+        The codes end with the last word's codes (no pause, no marker). ``word_ends``
+        excludes the end of the utterance: they are the places where a hesitation
+        pause could be inserted.
         """
         codes: list[int] = []
         ends: list[int] = []
-        final = FALLING_CODE
         for piece in _WORD.findall(text):
             if piece in "?.!":
-                final = RISING_CODE if piece == "?" else FALLING_CODE
                 continue
             if piece in ",;:":
                 codes.append(SILENCE_CODE)
@@ -90,10 +95,11 @@ class ToyCodec:
             codes.extend(self.word_codes(piece))
             codes.append(SILENCE_CODE)
             ends.append(len(codes))
+        while codes and codes[-1] == SILENCE_CODE:
+            codes.pop()  # the utterance ends where its last word ends
         if not codes:
             return (), ()
-        codes[-1] = final  # the last word's pause becomes the prosody frame
-        return tuple(codes), tuple(ends[:-1])
+        return tuple(codes), tuple(e for e in ends if e < len(codes))
 
 
 # --------------------------------------------------------------------------- GLM-4-Voice

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from bayling_duplex.data.mixer import WaveformConfig
+from bayling_duplex.data.speech_demo import SpeechConfig
 from bayling_duplex.data.synthesis import SynthesisConfig
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.records import RecordLimits
@@ -22,7 +23,7 @@ from bayling_duplex.format.vocab import DuplexVocab
 # Bump when the builder's output for the same inputs changes.
 BUILDER_VERSION = 1
 SOURCE_KINDS = ("demo", "scripts_jsonl", "timelines_jsonl", "hf_scripts", "hf_timelines")
-CODEC_KINDS = ("toy", "glm4voice")
+CODEC_KINDS = ("toy", "units", "glm4voice")
 
 
 @dataclass
@@ -56,20 +57,36 @@ class SourceConfig:
 
 @dataclass
 class CodecConfig:
-    """The speech codec the codes come from (the build only needs its identity and range)."""
+    """The speech codec the codes come from.
 
-    kind: str = (
-        "toy"  # toy: text-driven stand-in (demo); glm4voice: GLM-4-Voice's 12.5 Hz tokenizer
-    )
-    num_codes: int = 256  # toy only: codes it emits; must fit the tokenizer's audio range
+    * ``toy``: the text-driven stand-in (fast smoke recipe; no audio at all);
+    * ``units``: the learned 12.5 Hz unit codec, fitted by the build on ``fit_minutes``
+      of the recipe's own training audio as mixed and saved beside the data
+      (``<data>/codec``), with the real-speech demo (``recipe.speech``);
+    * ``glm4voice``: GLM-4-Voice's 12.5 Hz tokenizer (the paper's codes).
+    """
+
+    kind: str = "toy"
+    num_codes: int = 256  # toy / units: codes it emits; must fit the tokenizer's audio range
+    fit_minutes: float = 20.0  # units: minutes of mixed training audio the codec is fitted on
+    fit_iters: int = 25  # units: k-means iterations
+    fit_seed: int = 0  # units: k-means seed
 
     def __post_init__(self) -> None:
         if self.kind not in CODEC_KINDS:
             raise ValueError(f"recipe.codec.kind must be one of {CODEC_KINDS}, got {self.kind!r}")
+        if self.kind == "units" and not (self.fit_minutes > 0 and self.fit_iters > 0):
+            raise ValueError("recipe.codec.fit_minutes and recipe.codec.fit_iters must be positive")
 
     @property
     def name(self) -> str:
-        return f"toy-v1-{self.num_codes}" if self.kind == "toy" else "glm4voice-12.5hz"
+        """The codec's identity in the data's fingerprint (a fitted codec's own fingerprint
+        is recorded in the manifest's ``codec`` entry and checked against its folder)."""
+        if self.kind == "toy":
+            return f"toy-v2-{self.num_codes}"
+        if self.kind == "units":
+            return f"units-v1-{self.num_codes}"
+        return "glm4voice-12.5hz"
 
 
 @dataclass
@@ -82,6 +99,8 @@ class RecipeConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     # codes (compose the tokenized clips) or waveform (mix the audio, then tokenize): mixer.py
     waveform: WaveformConfig = field(default_factory=WaveformConfig)
+    # who speaks the demo dialogues at codec.kind=units (data/speech_demo.py)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
     # backchannel clips for real data: JSON lines of {"text", "codes"}; demo uses the toy codec's
     backchannels_path: str | None = None
     shard_size: int = 1000  # dialogues (source records) per shard
@@ -90,6 +109,16 @@ class RecipeConfig:
     limits: RecordLimits = field(default_factory=RecordLimits)
 
     def __post_init__(self) -> None:
+        if self.codec.kind == "units":
+            if bad := [s.kind for s in self.splits().values() if s.kind != "demo"]:
+                raise ValueError(
+                    f"recipe.codec.kind=units speaks the demo dialogues: its sources must be "
+                    f"of kind demo, not {bad}"
+                )
+            if self.waveform.level != "waveform":
+                raise ValueError(
+                    "recipe.codec.kind=units mixes audio: set recipe.waveform.level=waveform"
+                )
         if self.shard_size <= 0:
             raise ValueError("recipe.shard_size must be positive")
         if not 0 <= self.max_reject_share <= 1:

@@ -246,7 +246,7 @@ def test_data_of_another_format_codec_or_builder_is_refused_naming_each(small_da
         "format.slots_per_block: 4 != 5",
         "format.frame_rate_hz: 25.0 != 12.5",
         "format.silence_codes: [7, 8] != [0]",
-        "codec: glm4voice-12.5hz != toy-v1-256",
+        "codec: glm4voice-12.5hz != toy-v2-256",
         "builder: 99 != 1",
     ):
         assert part in msg, msg
