@@ -37,7 +37,12 @@ import numpy as np
 from bayling_duplex.data.recipe import RecipeConfig, SourceConfig, fingerprint, vocab_fingerprint
 from bayling_duplex.data.sources import count_source, load_backchannels, read_records
 from bayling_duplex.data.synthesis import record_rng, synthesize, with_partner
-from bayling_duplex.format.interleave import check_sequence, interleave
+from bayling_duplex.format.interleave import (
+    check_sequence,
+    interleave,
+    num_blocks_for,
+    place_responses,
+)
 from bayling_duplex.format.records import (
     RecordError,
     Script,
@@ -70,7 +75,13 @@ class ShardTask:
 _W: dict = {}
 
 
-def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
+def _init_worker(
+    recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg, codec_dir=None, one_thread=False
+) -> None:
+    if one_thread:  # pool workers: parallel across processes; torch's own threads would
+        import torch  # oversubscribe the cores (each op slows down tenfold)
+
+        torch.set_num_threads(1)
     from bayling_duplex.format.vocab import extend_tokenizer, resolve_vocab
     from bayling_duplex.model.backbone import load_tokenizer
 
@@ -82,7 +93,17 @@ def _init_worker(recipe: RecipeConfig, tokenizer_dir: str, vocab_cfg) -> None:
         vocab=resolve_vocab(tok, vocab_cfg),
         spec=recipe.format.spec(),
         limits=recipe.record_limits(),
+        speech=None,
     )
+    if recipe.codec.kind == "units":  # the real-speech demo: synthesized, mixed, coded
+        from bayling_duplex.audio.units import UnitCodec
+        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+
+        codec = UnitCodec.load(codec_dir)
+        _W["speech"] = _W["codec"] = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed)
+        _W["backchannels"] = ()  # per dialogue, in its user's voice
+        _W["mixer"] = speech_mixer(recipe, codec, _W["speech"])
+        return
     from bayling_duplex.audio.codec import ToyCodec
 
     _W["codec"] = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
@@ -114,13 +135,29 @@ def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, li
         if scenario == "interruption" and len(record.turns) < 2 and partner is not None:
             script = with_partner(record, partner)
             ids = own + _text_ids([partner.assistant_text])
-        t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], _W["backchannels"])
+        bcs = _W["backchannels"]
+        if _W.get("speech") is not None and scenario == "backchannel":
+            bcs = _W["speech"].backchannels(record.id)  # in this dialogue's user's voice
+        t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], bcs)
         if _W.get("mixer"):  # waveform level: mix the audio on this timeline, tokenize the channels
-            t = _W["mixer"].render(t, script)
+            t = _W["mixer"].render(whole_blocks(t, ids, _W["spec"]), script)
         if recipe.synthesis.mode == "each":  # one timeline per scenario: keep ids unique
             t = dataclasses.replace(t, id=f"{record.id}:{scenario}")
         out.append((t, ids[: len(t.responses)]))
     return out
+
+
+def whole_blocks(t: Timeline, text_ids, spec) -> Timeline:
+    """``t`` lengthened to the whole blocks its sequence takes, so that a mixed channel is
+    tokenized to its end and no user frame is filled with silence in code space (a noisy
+    microphone's silence is not the codec's digital silence)."""
+    layout = spec.layout
+    placed = place_responses(t, text_ids[: len(t.responses)], layout)
+    frames = num_blocks_for(t, placed, layout) * layout.frames_per_block
+    if frames <= t.num_frames:
+        return t
+    pad = tuple(int(c) for c in spec.silence(t.num_frames, frames))
+    return dataclasses.replace(t, num_frames=frames, user_codes=t.user_codes + pad)
 
 
 def build_shard(task: ShardTask, src: SourceConfig) -> dict:
@@ -133,6 +170,8 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
     rejected: list[dict] = []
     scenarios: Counter = Counter()
     seen: dict[str, str] = {}  # the ids of this shard's records, and where each was read
+    if _W.get("speech") is not None:
+        _W["speech"].reset()
     records = list(
         read_records(
             src,
@@ -145,7 +184,7 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
             seen,
         )
     )
-    if _W.get("mixer"):
+    if _W.get("mixer") and src.path:
         _W["mixer"].index_shard(src.path, task.byte_offset, task.count)
     scripts = [k for k, r in enumerate(records) if isinstance(r, Script)]
     for n, record in enumerate(records):
@@ -324,6 +363,9 @@ def run_build(
     elif out.exists() and not overwrite and any(p.name != "data.log" for p in out.iterdir()):
         raise BuildError(f"{out} is not empty and holds no build plan; pass overwrite=true")
     out.mkdir(parents=True, exist_ok=True)
+    codec_dir, codec_info = None, None
+    if recipe.codec.kind == "units":
+        codec_dir, codec_info = _fitted_codec(recipe, out, vocab, progress)
     tasks = plan_shards(recipe, out)
     write_json(plan_path, {"fingerprint": fp, "recipe": plain(recipe), "shards": len(tasks)})
     for split in recipe.splits():  # leftovers of a killed run
@@ -345,15 +387,18 @@ def run_build(
         unit="shard",
         disable=not progress,
     )
-    init = (recipe, tokenizer_dir, vocab_cfg)
+    init = (recipe, tokenizer_dir, vocab_cfg, codec_dir)
     if num_workers <= 1 or len(todo) <= 1:
         _init_worker(*init)
         for t in todo:
             _run_task(t)
             bar.update()
     else:
-        with mp.get_context("fork").Pool(
-            num_workers, initializer=_init_worker, initargs=init
+        # fork is fastest, but a parent that ran torch's thread pool (fitting the unit
+        # codec) hands a forked child a pool that hangs at its first op: spawn then
+        context = "spawn" if recipe.codec.kind == "units" else "fork"
+        with mp.get_context(context).Pool(
+            num_workers, initializer=_init_worker, initargs=(*init, True)
         ) as pool:
             for _ in pool.imap_unordered(_run_task, todo):
                 bar.update()
@@ -361,10 +406,93 @@ def run_build(
     for split in recipe.splits():
         reject_repeated_ids([t for t, _ in tasks if t.split == split], recipe.format.spec())
     manifest = summarize(out, recipe, fp, tasks, time.perf_counter() - start)
+    if codec_info is not None:
+        manifest["codec"] = codec_info
+    for split in recipe.splits():
+        manifest["splits"][split]["turn_end_audit"] = turn_end_audit(
+            load_split_shards(out, tasks, split), recipe.format.spec().layout, vocab
+        )
     write_json(out / MANIFEST, manifest)
     if manifest["status"] != "ok":
         raise BuildError(manifest["failure"])
     return manifest
+
+
+def _fitted_codec(recipe: RecipeConfig, out: Path, vocab, progress: bool) -> tuple[str, dict]:
+    """The build's unit codec (fitted into ``out/codec`` unless it is there), its silence
+    codes made the recipe's, and what the manifest records of it."""
+    from bayling_duplex.audio.units import UnitCodec, read_codec_json
+    from bayling_duplex.data.speech_demo import CODEC_DIR, fit_codec
+
+    folder = out / CODEC_DIR
+    if (folder / "codec.json").is_file():
+        codec = UnitCodec.load(folder)
+        log.info("reusing the fitted codec %s in %s", codec.name, folder)
+    else:
+        t0 = time.perf_counter()
+        codec = fit_codec(recipe, folder, progress)
+        log.info("codec fitted in %.1f s", time.perf_counter() - t0)
+    if codec.num_codes > vocab.num_audio:
+        raise BuildError(
+            f"recipe.codec.num_codes={codec.num_codes} exceeds the tokenizer's "
+            f"{vocab.num_audio} audio tokens"
+        )
+    if recipe.format.silence_from_codec:
+        recipe.format.silence_codes = [int(c) for c in codec.silence_codes]
+    info = read_codec_json(folder)
+    return str(folder), {
+        "dir": CODEC_DIR,
+        "name": codec.name,
+        "fingerprint": codec.fingerprint,
+        "silence_codes": [int(c) for c in codec.silence_codes],
+        "fitted_on": info.get("fitted_on"),
+    }
+
+
+def load_split_shards(out: Path, tasks, split: str):
+    """The rows of ``split``'s finished shards (an iterator of datasets)."""
+    import datasets
+
+    for task, _ in tasks:
+        folder = Path(task.out_dir)
+        if task.split == split and _shard_rows(folder):
+            yield datasets.load_from_disk(str(folder))
+
+
+def turn_end_audit(shards, layout, vocab, max_rows: int = 2000) -> dict:
+    """Whether the last frame of a user turn holds codes that speech never holds elsewhere.
+
+    Over up to ``max_rows`` sequences: every user turn's last speech frame (its
+    turn-final code) and every other frame inside user speech. A code planted to
+    end utterances (a marker) occurs only turn-finally; ``never_inside_share`` is the
+    share of turn-final codes that never occur inside speech (the no-marker
+    guarantee keeps it under 5 %; docs/data.md)."""
+    from bayling_duplex.format.interleave import split_channels
+
+    inside: Counter = Counter()
+    final: Counter = Counter()
+    rows = 0
+    for ds in shards:
+        for row in ds.select_columns(["input_ids", "meta"]):
+            if rows >= max_rows:
+                break
+            rows += 1
+            meta = json.loads(row["meta"])
+            codes = split_channels(np.asarray(row["input_ids"]), layout, vocab).user_codes
+            for start, end, kind in meta["user_segments"]:
+                if kind != "turn" or end <= start:
+                    continue
+                final[int(codes[end - 1])] += 1
+                inside.update(int(c) for c in codes[start : end - 1])
+    n = sum(final.values())
+    never = sum(v for c, v in final.items() if c not in inside)
+    return {
+        "rows": rows,
+        "turn_final_codes": n,
+        "never_inside_speech": never,
+        "never_inside_share": round(never / n, 4) if n else None,
+        "distinct_final_codes": len(final),
+    }
 
 
 def reject_repeated_ids(tasks: list[ShardTask], spec) -> int:

@@ -153,11 +153,22 @@ def demo_script(
     split: str, index: int, seed: int, codec: ToyCodec, min_turns: int = 2, max_turns: int = 3
 ) -> Script:
     """Dialogue ``index`` of ``split``: ``min_turns``–``max_turns`` questions from that split."""
+    picks = demo_picks(split, index, seed, min_turns, max_turns)
+    return Script(demo_id(split, index), tuple(demo_turn(q, a, codec) for q, a in picks))
+
+
+def demo_id(split: str, index: int) -> str:
+    return f"demo-{split}-{index:07d}"
+
+
+def demo_picks(
+    split: str, index: int, seed: int, min_turns: int = 2, max_turns: int = 3
+) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of dialogue ``index`` of ``split`` (seeded by it)."""
     rng = random.Random(_stable(f"demo|{seed}|{split}|{index}"))
     pairs = qa_pairs(split)
     n = rng.randint(min_turns, max_turns)
-    turns = tuple(demo_turn(*pairs[rng.randrange(len(pairs))], codec) for _ in range(n))
-    return Script(f"demo-{split}-{index:07d}", turns)
+    return [pairs[rng.randrange(len(pairs))] for _ in range(n)]
 
 
 def backchannel_clips(codec: ToyCodec) -> tuple[tuple[str, tuple[int, ...]], ...]:

@@ -79,6 +79,8 @@ def recipe_format(recipe, manifest: dict) -> FormatSpec:
     ``silence_codes_file`` when that is set; when the file is not here (training away
     from the sources) they cannot be known and are taken as the data's."""
     cfg = recipe.format
+    if cfg.silence_from_codec and not cfg.silence_codes:  # measured by the build, checked with
+        return manifest_format(manifest)  # the codec itself (check_manifest)
     try:
         cfg.resolve()
     except FileNotFoundError:
@@ -89,6 +91,20 @@ def recipe_format(recipe, manifest: dict) -> FormatSpec:
         )
         cfg.silence_codes = list(manifest["silence_codes"])
     return cfg.spec()
+
+
+def codec_differences(manifest: dict, path: Path) -> list[str]:
+    """A fitted codec recorded in the manifest must be the one in the data's folder."""
+    info = manifest.get("codec")
+    if not info:
+        return []
+    folder = Path(path) / info["dir"]
+    if not (folder / "codec.json").is_file():
+        return [f"codec: the fitted codec {info['name']} is missing from {folder}"]
+    have = json.loads((folder / "codec.json").read_text()).get("fingerprint")
+    if have != info["fingerprint"]:
+        return [f"codec fingerprint: {have} (in {folder}) != {info['fingerprint']} (manifest)"]
+    return []
 
 
 def check_manifest(
@@ -124,6 +140,7 @@ def check_manifest(
     parts += differences(
         fp, expected, keys=[k for k in ("codec", "builder", "vocab") if k in expected]
     )
+    parts += codec_differences(manifest, path)
     if fp.get("vocab") != expected["vocab"]:
         parts[-1] += (
             " (another vocabulary: the tokenizer or the duplex token ids differ from the model's)"

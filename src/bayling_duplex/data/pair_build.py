@@ -29,7 +29,7 @@ PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "reje
 class PairDataConfig:
     """The built pairs: where, how many, and how they are made (sources: ``data.recipe``)."""
 
-    path: str = "data/demo_dpo"
+    path: str = "data/speech_demo_dpo"
     train: int = 1500  # pairs from the recipe's train source
     heldout: int = 100  # pairs from its heldout source: rewards on unseen pairs (0: none)
     # the build fails when more than this share of the source records it read gave no pair
@@ -47,15 +47,35 @@ class PairDataConfig:
 # ----------------------------------------------------------------------------- pairs build
 
 
-def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab, spec) -> tuple:
-    """``(columns, stats, rejections)``: ``wanted`` pairs from ``src`` (fewer if it runs out)."""
+def make_split_pairs(
+    src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab, spec, codec=None
+) -> tuple:
+    """``(columns, stats, rejections)``: ``wanted`` pairs from ``src`` (fewer if it runs out).
+
+    At ``recipe.codec.kind=units`` the dialogues are spoken, mixed and coded by ``codec``
+    (the SFT checkpoint's) as in the SFT build."""
     from bayling_duplex.audio.codec import ToyCodec
     from bayling_duplex.data.sources import load_backchannels, read_records
     from bayling_duplex.data.synthesis import record_rng
     from bayling_duplex.format.records import RecordError, Script
 
-    codec = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
-    clips = load_backchannels(recipe, codec)
+    speech = render = None
+    if recipe.codec.kind == "units":
+        from bayling_duplex.data.build import whole_blocks
+        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+
+        if codec is None:
+            raise ValueError("pairs of a units recipe need the SFT checkpoint's codec")
+        speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed)
+        mixer = speech_mixer(recipe, codec, speech)
+
+        def render(t, script, ids):
+            return mixer.render(whole_blocks(t, ids, spec), script)
+
+        reader, clips = speech, ()
+    else:
+        reader = ToyCodec(recipe.codec.num_codes) if recipe.codec.kind == "toy" else None
+        clips = load_backchannels(recipe, reader)
 
     def ids_of(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -63,10 +83,12 @@ def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab
     rows = {c: [] for c in ("id", "kind", "decision_block", "shift_blocks", *PAIR_COLUMNS)}
     failures, kinds, rejected = Counter(), Counter(), []
     records, partner = 0, None
-    for record in read_records(src, codec, recipe.synthesis.seed, limits=recipe.record_limits()):
+    for record in read_records(src, reader, recipe.synthesis.seed, limits=recipe.record_limits()):
         if len(rows["id"]) >= wanted:
             break
         records += 1
+        if speech is not None and records % 200 == 0:
+            speech.reset()  # the clips of earlier dialogues are not needed again
         if isinstance(record, RecordError):
             failures[record.reason] += 1
             rejected.append(record)
@@ -74,8 +96,9 @@ def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab
         rng = record_rng(cfg.seed, record.id, "pairs")
         if isinstance(record, Script):
             ids = ids_of([t.assistant_text for t in record.turns])
+            bcs = speech.backchannels(record.id) if speech is not None else clips
             pair, errs = pair_from_script(
-                record, ids, cfg, recipe.synthesis, spec, vocab, rng, clips, partner
+                record, ids, cfg, recipe.synthesis, spec, vocab, rng, bcs, partner, render
             )
             partner = (record.turns[0], ids[0])
         else:  # a timeline keeps only the played speech: a late stop cannot be made from it
@@ -117,7 +140,7 @@ def make_split_pairs(src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab
     )
 
 
-def pair_fingerprint(recipe, pairs: PairDataConfig, vocab, tokenizer) -> dict:
+def pair_fingerprint(recipe, pairs: PairDataConfig, vocab, tokenizer, codec=None) -> dict:
     from bayling_duplex.data.recipe import fingerprint, vocab_fingerprint
     from bayling_duplex.runtime import plain
 
@@ -127,11 +150,13 @@ def pair_fingerprint(recipe, pairs: PairDataConfig, vocab, tokenizer) -> dict:
     return fingerprint(
         {"recipe": recipe_part, "pairs": made, "pair_builder": PAIR_BUILDER_VERSION},
         vocab_fingerprint(vocab, tokenizer),
-        recipe.codec.name,
+        recipe.codec.name if codec is None else codec.name,  # a fitted codec: its own name
     )
 
 
-def build_pairs(recipe, pairs: PairDataConfig, tokenizer, vocab, spec, out: Path) -> dict:
+def build_pairs(
+    recipe, pairs: PairDataConfig, tokenizer, vocab, spec, out: Path, codec=None
+) -> dict:
     """Make the pairs of both splits into ``out`` (a Hugging Face dataset per split) + manifest."""
     import datasets
 
@@ -148,7 +173,7 @@ def build_pairs(recipe, pairs: PairDataConfig, tokenizer, vocab, spec, out: Path
         if src is None or wanted == 0:
             continue
         rows, stats, rejected = make_split_pairs(
-            src, wanted, recipe, pairs.make, tokenizer, vocab, spec
+            src, wanted, recipe, pairs.make, tokenizer, vocab, spec, codec
         )
         datasets.disable_progress_bars()
         datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / split))
@@ -164,7 +189,7 @@ def build_pairs(recipe, pairs: PairDataConfig, tokenizer, vocab, spec, out: Path
             )
     manifest = {
         "name": f"{recipe.name}_dpo",
-        "fingerprint": pair_fingerprint(recipe, pairs, vocab, tokenizer),
+        "fingerprint": pair_fingerprint(recipe, pairs, vocab, tokenizer, codec),
         "status": "failed" if failures else "ok",
         "build_seconds": round(time.perf_counter() - t0, 2),
         "layout": {
@@ -184,7 +209,7 @@ def build_pairs(recipe, pairs: PairDataConfig, tokenizer, vocab, spec, out: Path
     return manifest
 
 
-def load_pairs(conf, tokenizer, vocab, spec):
+def load_pairs(conf, tokenizer, vocab, spec, codec=None):
     """``(train, heldout or None, manifest)``; builds the pairs when missing (rank 0) and allowed."""
     import datasets
 
@@ -194,6 +219,8 @@ def load_pairs(conf, tokenizer, vocab, spec):
     from bayling_duplex.runtime import is_main_process, wait_for_rank0
 
     recipe = recipe_from_file(conf.data.recipe)
+    if recipe.format.silence_from_codec and codec is not None:
+        recipe.format.silence_codes = [int(c) for c in codec.silence_codes]
     recipe.format.resolve()
     diff = spec.differences(recipe.format.spec())
     if diff:
@@ -206,7 +233,7 @@ def load_pairs(conf, tokenizer, vocab, spec):
             )
         )
     out = Path(conf.pairs.path)
-    want = pair_fingerprint(recipe, conf.pairs, vocab, tokenizer)
+    want = pair_fingerprint(recipe, conf.pairs, vocab, tokenizer, codec)
 
     def built() -> dict | None:
         return json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
@@ -228,7 +255,7 @@ def load_pairs(conf, tokenizer, vocab, spec):
             )
         if is_main_process():
             log.info("making preference pairs into %s", out)
-            build_pairs(recipe, conf.pairs, tokenizer, vocab, spec, out)
+            build_pairs(recipe, conf.pairs, tokenizer, vocab, spec, out, codec)
         else:
 
             def ready() -> bool:

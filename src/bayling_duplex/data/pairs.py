@@ -460,12 +460,15 @@ def pair_from_script(
     rng: random.Random,
     backchannels: tuple[tuple[str, tuple[int, ...]], ...] = (),
     partner: tuple[ScriptTurn, list[int]] | None = None,
+    render=None,
 ) -> tuple[PreferencePair | None, list[RecordError]]:
     """Synthesise ``script`` for a perturbation drawn from ``cfg.mix`` and make its pair.
 
     The uncut answers are the script's own speech, so a late stop plays the
     answer's real continuation. ``text_ids[i]`` are turn ``i``'s answer ids;
     ``partner`` (a turn and its answer ids) interrupts a single-turn script.
+    ``render(t, script, ids)`` gives the timeline its codes from mixed audio (the
+    real-speech demo: the user channel is the codec's reading of the microphone).
     """
     kind = cfg.sample_kind(rng)
     scenario = SCENARIO_OF[kind]
@@ -477,6 +480,8 @@ def pair_from_script(
         script, text_ids = with_partner(script, partner[0]), [*text_ids, partner[1]]
     try:
         t = synthesize(script, text_ids, scenario, synthesis, spec, backchannels)
+        if render is not None:
+            t = render(t, script, text_ids)
     except RecordError as e:
         return None, [e]
     full = [turn.assistant_codes for turn in script.turns[: len(t.responses)]]

@@ -88,7 +88,11 @@ def read_records(
 
         stop = src.count if count is None else first + count
         for i in range(first, stop):
-            yield _once(demo_script(src.split, i, seed, codec), f"{src.split}[{i}]", seen)
+            if hasattr(codec, "script"):  # the real-speech demo (data/speech_demo.py)
+                script = codec.script(src.split, i)
+            else:
+                script = demo_script(src.split, i, seed, codec)
+            yield _once(script, f"{src.split}[{i}]", seen)
         return
     if limits is None:
         limits = RecipeConfig().record_limits()

@@ -76,12 +76,16 @@ class FormatConfig:
     # a JSON file {"silence_codes": [...]} measured from the speech tokenizer
     # (written by the audio tokenizing command); when set it replaces silence_codes
     silence_codes_file: str | None = None
+    # the codes are measured from the codec the build fits (recipe.codec.kind=units) and
+    # recorded in the data's manifest: silence_codes stays empty in the recipe
+    silence_from_codec: bool = False
 
     def __post_init__(self) -> None:
         BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)  # validates
-        if not self.silence_codes and not self.silence_codes_file:
+        if not self.silence_codes and not self.silence_codes_file and not self.silence_from_codec:
             raise ValueError(
-                "recipe.format.silence_codes is empty and no silence_codes_file is set"
+                "recipe.format.silence_codes is empty and neither silence_codes_file nor "
+                "silence_from_codec is set"
             )
 
     def resolve(self) -> None:
@@ -95,9 +99,11 @@ class FormatConfig:
                 )
             self.silence_codes = [int(c) for c in json.loads(path.read_text())["silence_codes"]]
 
+    def spec_layout(self) -> BlockLayout:
+        return BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)
+
     def spec(self) -> FormatSpec:
-        layout = BlockLayout(self.frames_per_block, self.slots_per_block, self.frame_rate_hz)
-        return FormatSpec(layout, tuple(self.silence_codes))
+        return FormatSpec(self.spec_layout(), tuple(self.silence_codes))
 
     @classmethod
     def from_spec(cls, spec: FormatSpec) -> FormatConfig:

@@ -17,6 +17,7 @@ from bayling_duplex.audio.codec import GlmSpeechCodec
 from bayling_duplex.audio.tokenize import tokenize_manifest
 from bayling_duplex.data import build
 from bayling_duplex.data.mixer import (
+    FileClips,
     Placement,
     WaveformConfig,
     WaveformMixer,
@@ -98,8 +99,6 @@ def test_waveform_config_is_validated() -> None:
     assert WaveformConfig().level == "codes"
     with pytest.raises(ValueError, match="level"):
         WaveformConfig(level="audio")
-    with pytest.raises(ValueError, match="tokenizer"):
-        WaveformConfig(level="waveform")
     with pytest.raises(ValueError, match="noise_channels"):
         WaveformConfig(noise_channels=["left"])
     with pytest.raises(ValueError, match="snr_db"):
@@ -116,6 +115,9 @@ def test_for_recipe_is_off_at_codes_level_and_refuses_what_it_cannot_mix() -> No
         WaveformMixer.for_recipe(recipe)
     recipe.codec = CodecConfig(kind="glm4voice")
     with pytest.raises(ValueError, match="scripts_jsonl"):
+        WaveformMixer.for_recipe(recipe)
+    recipe.waveform = WaveformConfig(level="waveform")
+    with pytest.raises(ValueError, match="tokenizer"):
         WaveformMixer.for_recipe(recipe)
 
 
@@ -165,7 +167,8 @@ def load_scripts(path: Path):
 
 def mixer_for(scripts, **cfg) -> WaveformMixer:
     wcfg = WaveformConfig(level="waveform", tokenizer=str(scripts["tok"]), **cfg)
-    mixer = WaveformMixer(wcfg, scripts["codec"], seed=0)
+    codec = scripts["codec"]
+    mixer = WaveformMixer(wcfg, codec, FileClips(codec.load_audio), seed=0)
     mixer.index_shard(str(scripts["path"]))
     return mixer
 
@@ -236,7 +239,7 @@ def test_render_reports_a_turn_without_audio(scripts) -> None:
     script = load_scripts(scripts["path"])[1]
     t = synthesize(script, [[7]], "turn_taking", SynthesisConfig(), spec_of(scripts["codec"]))
     mixer = mixer_for(scripts)
-    mixer.turn_audio = {}
+    mixer.clips.turn_audio = {}
     with pytest.raises(RecordError) as err:
         mixer.render(t, script)
     assert err.value.reason == "no_audio"
