@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,9 @@ class CheckpointMeta:
     data: str
     stage: str
     init: str | None = None
+    # the fitted speech codec the data was coded with (its folder is copied into the
+    # checkpoint as ``codec/``): {"name", "fingerprint", ...}; None for fixed codecs
+    codec: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +57,7 @@ class CheckpointMeta:
             "data": self.data,
             "stage": self.stage,
             "init": self.init,
+            "codec": self.codec,
         }
 
 
@@ -75,9 +81,50 @@ def read_meta(checkpoint: str | Path) -> CheckpointMeta:
             data=obj.get("data", ""),
             stage=obj.get("stage", ""),
             init=obj.get("init"),
+            codec=obj.get("codec"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} is malformed: {e}") from None
+
+
+CODEC_DIR = "codec"
+
+
+def copy_codec(source: str | Path, final: str | Path) -> None:
+    """Copy a fitted codec's folder ``source`` into checkpoint ``final`` as ``codec/``, so a
+    checkpoint decodes and is evaluated with the codec its data was coded with."""
+    src, dst = Path(source), Path(final) / CODEC_DIR
+    if not (src / "codec.json").is_file():
+        raise CheckpointError(f"{src} holds no fitted codec (codec.json)")
+    tmp = dst.with_name(f".{CODEC_DIR}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def codec_dir(checkpoint: str | Path) -> Path | None:
+    """The checkpoint's fitted codec folder, or None when its data used a fixed codec.
+
+    Refuses (:class:`CheckpointError`) a checkpoint whose ``duplex.json`` names a codec
+    but whose ``codec/`` folder is missing or holds another one (by fingerprint)."""
+    meta = read_meta(checkpoint)
+    if not meta.codec:
+        return None
+    folder = Path(checkpoint) / CODEC_DIR
+    info = folder / "codec.json"
+    if not info.is_file():
+        raise CheckpointError(
+            f"{checkpoint} was trained on data coded by {meta.codec.get('name')}, but its "
+            f"{CODEC_DIR}/ folder is missing"
+        )
+    have = json.loads(info.read_text()).get("fingerprint")
+    if have != meta.codec.get("fingerprint"):
+        raise CheckpointError(
+            f"{folder} holds codec {have}, but {checkpoint}/{DUPLEX_META} names "
+            f"{meta.codec.get('fingerprint')}: the codec folder was replaced"
+        )
+    return folder
 
 
 def read_format(checkpoint: str | Path, default: FormatSpec | None = None) -> FormatSpec:

@@ -168,7 +168,12 @@ def run_dpo(conf, run_dir: Path) -> dict:
     if conf.lora.enabled:
         check_lora_targets(model, conf.lora)  # before the pairs are made
     # 2. pairs made with this tokenizer and format
-    train_ds, eval_ds, manifest = load_pairs(conf, tokenizer, vocab, spec)
+    codec = None
+    if checkpoint.codec_dir(init) is not None:  # pairs coded by the SFT data's codec
+        from bayling_duplex.audio.units import UnitCodec
+
+        codec = UnitCodec.load(checkpoint.codec_dir(init))
+    train_ds, eval_ds, manifest = load_pairs(conf, tokenizer, vocab, spec, codec)
     # 3. reference: a frozen copy, unless LoRA (adapters off) or precomputed log-probs
     ref = None
     if not conf.lora.enabled and not conf.dpo.precompute_ref:
@@ -220,8 +225,12 @@ def run_dpo(conf, run_dir: Path) -> dict:
     if conf.lora.enabled:
         merge_adapter(init, run_dir / "adapter", final, conf)
     tokenizer.save_pretrained(final)
+    codec = checkpoint.read_meta(init).codec
+    if codec:  # the SFT checkpoint's codec travels on
+        checkpoint.copy_codec(checkpoint.codec_dir(init), final)
     checkpoint.write_meta(
-        final, CheckpointMeta(manifest_format(manifest), manifest["name"], "dpo", str(init))
+        final,
+        CheckpointMeta(manifest_format(manifest), manifest["name"], "dpo", str(init), codec),
     )
     # 7. behaviour before and after, on the same held-out dialogues
     if conf.eval.enabled:
@@ -273,7 +282,7 @@ def behaviour_before_after(
     (report.json and summary.md name both checkpoints: :func:`~bayling_duplex.model.checkpoint.describe`)."""
     from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import markdown_summary, write_report
-    from bayling_duplex.eval.runner import evaluate_model
+    from bayling_duplex.eval.runner import checkpoint_codec, evaluate_model
     from bayling_duplex.model.backbone import load_trained
     from bayling_duplex.model.checkpoint import describe
 
@@ -291,6 +300,7 @@ def behaviour_before_after(
                 conf.eval.evalset,
                 spec,
                 lambda t, tk=tok: tk(t, add_special_tokens=False)["input_ids"],
+                codec=checkpoint_codec(init),
             )
         items = evalsets.items
         log.info("behaviour evaluation of %s (%s) on %d dialogues", label, path, len(items))

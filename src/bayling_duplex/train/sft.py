@@ -54,7 +54,7 @@ def run_sft(conf, run_dir: Path) -> dict:
     """Train; write checkpoints, ``final/`` and ``summary.json`` into ``run_dir``; return the summary."""
     from bayling_duplex.data.load import load_training_data, manifest_format
     from bayling_duplex.model.backbone import load_backbone
-    from bayling_duplex.model.checkpoint import CheckpointMeta, write_meta
+    from bayling_duplex.model.checkpoint import CheckpointMeta, copy_codec, write_meta
     from bayling_duplex.runtime import is_main_process, write_json
     from bayling_duplex.train.collate import DuplexCollator
     from bayling_duplex.train.sft_trainer import (
@@ -138,7 +138,13 @@ def run_sft(conf, run_dir: Path) -> dict:
         if not stopped_early:
             tokenizer.save_pretrained(final)
             # what decoding needs to know about the data the model learnt
-            write_meta(final, CheckpointMeta(manifest_format(manifest), manifest["name"], "sft"))
+            codec = manifest.get("codec")
+            if codec:  # a fitted codec travels with the checkpoint
+                copy_codec(Path(conf.data.path) / codec["dir"], final)
+            write_meta(
+                final,
+                CheckpointMeta(manifest_format(manifest), manifest["name"], "sft", codec=codec),
+            )
         write_json(run_dir / "summary.json", summary)
         short = {k: v for k, v in summary.items() if k != "log_history"}
         print("SFT summary: " + json.dumps(short, indent=1))
@@ -151,7 +157,8 @@ def _behaviour_callback(conf, manifest: dict, tokenizer, vocab):
     n = conf.train.behaviour_dialogues
     if n <= 0:
         return None
-    if conf.data.eval_scripts is None and manifest["name"] != "demo":
+    speech = bool(manifest.get("codec")) and conf.data.eval_scripts is None
+    if conf.data.eval_scripts is None and manifest["name"] != "demo" and not speech:
         log.info("no data.eval_scripts: behaviour evaluation during training is off")
         return None
     from bayling_duplex.data.load import manifest_format
@@ -160,11 +167,16 @@ def _behaviour_callback(conf, manifest: dict, tokenizer, vocab):
     from bayling_duplex.eval.runner import behaviour_callback
 
     quarter = max(1, n // 4)
-    src = (
-        {"source": "demo"}
-        if conf.data.eval_scripts is None
-        else {"source": "scripts_jsonl", "path": conf.data.eval_scripts}
-    )
+    codec = None
+    if speech:  # held-out questions and voices, coded by the data's own codec
+        from bayling_duplex.audio.units import UnitCodec
+
+        codec = UnitCodec.load(Path(conf.data.path) / manifest["codec"]["dir"])
+        src = {"source": "speech_demo", "recipe": conf.data.recipe}
+    elif conf.data.eval_scripts is None:
+        src = {"source": "demo"}
+    else:
+        src = {"source": "scripts_jsonl", "path": conf.data.eval_scripts}
     evalset = EvalSetConfig(
         **src,
         turn_taking=quarter,
@@ -174,7 +186,10 @@ def _behaviour_callback(conf, manifest: dict, tokenizer, vocab):
     )
     spec = manifest_format(manifest)
     items = build_eval_items(
-        evalset, spec, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+        evalset,
+        spec,
+        lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"],
+        codec=codec,
     )
     return behaviour_callback(
         items, tokenizer, vocab, spec.layout, DecodeConfig(), conf.train.batch_size
