@@ -62,7 +62,7 @@ def describe_model(conf: EvalConfig, which: str, spec) -> dict:
 def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import write_report
-    from bayling_duplex.eval.runner import evaluate_model
+    from bayling_duplex.eval.runner import checkpoint_codec, evaluate_model, no_marker_check
     from bayling_duplex.model import checkpoint
 
     target = (
@@ -72,33 +72,116 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     )
     if conf.checkpoint != target:
         log.info("checkpoint=%s resolved to %s", conf.checkpoint, target)
+    codec = None if target == "untrained" else checkpoint_codec(target)
     names = {"model": target} if target != "untrained" else {}
     if conf.compare_untrained or target == "untrained":
         names["untrained"] = "untrained"
-    reports, outcomes, models, evalsets = {}, {}, {}, None
+    reports, outcomes, models, evalsets, checks = {}, {}, {}, None, {}
     for label, which in names.items():
         model, tok, vocab, spec = load_for_eval(conf, which, run_dir)
         models[label] = describe_model(conf, which, spec)
+
+        def tokenize(texts, t=tok):
+            return t(texts, add_special_tokens=False)["input_ids"]
+
         if evalsets is None:
-            evalsets = build_eval_sets(
-                conf.evalset,
-                spec,
-                lambda texts, t=tok: t(texts, add_special_tokens=False)["input_ids"],
-            )
+            evalsets = build_eval_sets(conf.evalset, spec, tokenize, codec=codec)
         items = evalsets.items
         log.info("evaluating %s (%s) on %d dialogues", label, which, len(items))
         reports[label], outcomes[label], _ = evaluate_model(
             model, tok, vocab, spec.layout, items, conf.decode, conf.batch_size, progress=True
         )
+        if label == "model" and evalsets.audio is not None and conf.no_marker_check:
+            trimmed = build_eval_sets(
+                conf.evalset, spec, tokenize, codec=codec, trim_end_frames=1, only=("turn_taking",)
+            )
+            log.info(
+                "no-marker check: %d turn-taking dialogues, last frame removed", len(trimmed.items)
+            )
+            _, trimmed_outcomes, _ = evaluate_model(
+                model, tok, vocab, spec.layout, trimmed.items, conf.decode, conf.batch_size
+            )
+            checks["no_marker"] = no_marker_check(
+                [o for o in outcomes[label] if o.scenario == "turn_taking"], trimmed_outcomes
+            )
+    listening = None
+    if evalsets.audio is not None:
+        reports.update(_vad_baselines(conf, evalsets, spec.layout, outcomes, models))
+        listening = _listening(conf, run_dir, evalsets, outcomes, codec)
     write_report(
-        run_dir, reports, outcomes, items, spec.layout, conf.plots, evalsets.counts, models
+        run_dir,
+        reports,
+        outcomes,
+        items,
+        spec.layout,
+        conf.plots,
+        evalsets.counts,
+        models,
+        listening=listening,
+        html=True,
+        checks=checks,
     )
-    summary = {"checkpoint": target, "models": models, "reports": reports}
+    summary = {"checkpoint": target, "models": models, "reports": reports, "checks": checks}
     print((run_dir / "summary.md").read_text())
     print(
-        f"report: {run_dir / 'report.json'}; plots: {run_dir / 'latency.png'}, {run_dir / 'timelines.png'}"
+        f"report: {run_dir / 'report.json'}, {run_dir / 'report.html'}; "
+        f"plots: {run_dir / 'latency.png'}, {run_dir / 'timelines.png'}"
     )
     return summary
+
+
+def _vad_baselines(conf: EvalConfig, evalsets, layout, outcomes, models) -> dict:
+    """The VAD cascades on the same dialogues' user audio, as reports beside the model's."""
+    if not conf.baselines:
+        return {}
+    from bayling_duplex.eval.vad_baseline import run_vad_baselines
+
+    items = [it for it, _ in evalsets.items]
+    log.info("VAD baselines %s on %d dialogues", conf.baselines, len(items))
+    got = run_vad_baselines(
+        list(zip(items, evalsets.audio, strict=True)),
+        layout,
+        [it.answer_s for it in items],
+        detectors=tuple(conf.baselines),
+        end_silence_s=tuple(conf.baseline_end_silence_s),
+        progress=True,
+    )
+    reports = {}
+    for name, r in got.items():
+        reports[name] = r["summary"]
+        outcomes[name] = r["outcomes"]
+        detector, ms = name.rsplit("-", 1)
+        models[name] = {
+            "path": None,
+            "baseline": True,
+            "backbone": f"VAD cascade: {detector} VAD, answers after {ms} of silence, "
+            "stops on any user speech (eval/vad_baseline.py)",
+        }
+    return reports
+
+
+def _listening(conf: EvalConfig, run_dir: Path, evalsets, outcomes, codec) -> list[dict] | None:
+    """Stereo WAVs of a few dialogues (the user's microphone; the model's decoded text
+    re-synthesized at its decoded onsets) and what the user channel's unit codes sound like."""
+    if conf.listen <= 0 or "model" not in outcomes:
+        return None
+    from bayling_duplex.audio.tts import synthesize
+    from bayling_duplex.data.load import recipe_from_file
+    from bayling_duplex.eval.listen import write_listening
+
+    voice = recipe_from_file(conf.evalset.recipe).speech.assistant()
+    items = evalsets.items
+    listening = write_listening(
+        run_dir,
+        [(it, wav) for (it, _), wav in zip(items, evalsets.audio, strict=True)],
+        outcomes["model"],
+        lambda text: synthesize(text, voice).wav,
+        codes_audio=lambda i: codec.decode_diagnostic(items[i][1]) if codec is not None else None,
+        n=conf.listen,
+    )
+    for d in listening:
+        d["model"] = "model"
+    return listening
 
 
 def _main(cfg: DictConfig) -> None:

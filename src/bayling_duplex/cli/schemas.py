@@ -142,6 +142,14 @@ class EvalConfig:
     )  # used when the checkpoint has no duplex.json
     batch_size: int = 16
     plots: int = 8
+    # real-speech evaluation sets only (they keep the user's audio):
+    # the VAD cascades beside the model (silero, webrtc) and their end-of-turn silences
+    baselines: list[str] = field(default_factory=lambda: ["silero", "webrtc"])
+    baseline_end_silence_s: list[float] = field(default_factory=lambda: [0.5, 0.8])
+    # the no-marker check: the turn-taking set again with the last frame of each turn's
+    # speech removed; SR@3s of both, paired (docs/evaluation.md)
+    no_marker_check: bool = True
+    listen: int = 6  # dialogues written as stereo WAVs for report.html
 
 
 ROOTS: dict[str, type] = {

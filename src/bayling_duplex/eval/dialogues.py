@@ -6,6 +6,13 @@ would be playing), ``backchannel`` (an "uh-huh" during the answer) and
 ``hesitation`` (a pause inside the question). Each dialogue is placed by the
 same synthesis rules as the training data, then padded with ``tail_s`` of
 silence so a late answer or a missing ``[EPAD]`` can still be seen.
+
+Sources: ``demo`` (the held-out demo questions in the toy codec), ``scripts_jsonl``
+(held-out scripts with codes) and ``speech_demo`` (the real-speech default: held-out
+questions said by held-out voices, mixed with the noise of ``recipe``'s
+``waveform`` settings but no echo — in evaluation the assistant's audio is the
+model's own — and coded by the checkpoint's codec, the user channel whole; its
+waveform is kept for the VAD baselines and the listening files).
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ from bayling_duplex.format.records import (
     script_from_json,
 )
 
+SOURCES = ("auto", "demo", "scripts_jsonl", "speech_demo")
+
 
 @dataclass
 class EvalSetConfig:
-    source: str = "demo"  # demo (held-out demo questions) or scripts_jsonl (path)
+    # auto: speech_demo for a checkpoint with a fitted codec, else demo; demo; scripts_jsonl
+    # (path); speech_demo (held-out questions and voices)
+    source: str = "auto"
     path: str | None = None
+    recipe: str = "speech_demo"  # speech_demo: the recipe whose speech and noise settings to use
     split: str = "heldout"
     turn_taking: int = 100
     interruption: int = 100
@@ -41,32 +53,96 @@ class EvalSetConfig:
     num_codes: int = 256  # demo: the toy codec's code count (must match the training data)
 
     def __post_init__(self) -> None:
-        if self.source not in ("demo", "scripts_jsonl"):
-            raise ValueError(f"evalset.source must be demo or scripts_jsonl, got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"evalset.source must be one of {SOURCES}, got {self.source!r}")
         if self.source == "scripts_jsonl" and not self.path:
             raise ValueError(
                 "evalset.path must name a scripts .jsonl when evalset.source=scripts_jsonl"
             )
 
 
-def _turn_pool(cfg: EvalSetConfig) -> tuple[list[ScriptTurn], list[str], tuple]:
-    """Held-out turns, their answer keys, and backchannel clips."""
-    if cfg.source == "demo":
-        from bayling_duplex.audio.codec import ToyCodec
-        from bayling_duplex.data.demo import answer_key, backchannel_clips, demo_turn, qa_pairs
+class _CodeDialogues:
+    """Dialogues whose user channel is composed in code space (the toy demo, scripts)."""
 
-        codec = ToyCodec(cfg.num_codes)
-        pairs = qa_pairs(cfg.split)
-        return (
-            [demo_turn(q, a, codec) for q, a in pairs],
-            [answer_key(a) for _, a in pairs],
-            backchannel_clips(codec),
-        )
-    turns = []
-    for _, obj in read_jsonl(cfg.path):
-        if isinstance(obj, dict):
-            turns.extend(script_from_json(obj).turns)
-    return turns, [t.assistant_text.rstrip(".") for t in turns], ()
+    def __init__(self, cfg: EvalSetConfig) -> None:
+        self.cfg = cfg
+        self.turns, self.keys, self.clips = self._pool()
+
+    def _pool(self) -> tuple[list[ScriptTurn], list[str], tuple]:
+        cfg = self.cfg
+        if cfg.source == "demo":
+            from bayling_duplex.audio.codec import ToyCodec
+            from bayling_duplex.data.demo import answer_key, backchannel_clips, demo_turn, qa_pairs
+
+            codec = ToyCodec(cfg.num_codes)
+            pairs = qa_pairs(cfg.split)
+            return (
+                [demo_turn(q, a, codec) for q, a in pairs],
+                [answer_key(a) for _, a in pairs],
+                backchannel_clips(codec),
+            )
+        turns = []
+        for _, obj in read_jsonl(cfg.path):
+            if isinstance(obj, dict):
+                turns.extend(script_from_json(obj).turns)
+        return turns, [t.assistant_text.rstrip(".") for t in turns], ()
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def script(self, rid: str, picks: list[int]) -> Script:
+        return Script(rid, tuple(self.turns[p] for p in picks))
+
+    def backchannels(self, rid: str) -> tuple:
+        return self.clips
+
+    def user_channel(self, t, script, end: int, spec: FormatSpec, placed: str):
+        codes = np.concatenate([np.asarray(t.user_codes), spec.silence(t.num_frames, end)])
+        pause = None
+        if placed == "hesitation":
+            first = next(s for s in t.user_segments if s.kind == "turn")
+            pause = _longest_silence(
+                codes, first.start_frame, first.end_frame, set(spec.silence_codes)
+            )
+        return codes, None, pause
+
+
+class _SpeechDialogues:
+    """Held-out questions said by held-out voices, mixed and coded (data/speech_demo.py)."""
+
+    def __init__(self, cfg: EvalSetConfig, codec, recipe, trim_end_frames: int = 0) -> None:
+        from bayling_duplex.data.demo import answer_key, qa_pairs
+        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+
+        if codec is None:
+            raise ValueError("evalset.source=speech_demo needs the checkpoint's codec")
+        self.cfg = cfg
+        self.codec = codec
+        self.pairs = qa_pairs(cfg.split)
+        self.keys = [answer_key(a) for _, a in self.pairs]
+        self.speech = SpeechDemo(recipe.speech, codec, cfg.seed)
+        self.mixer = speech_mixer(recipe, codec, self.speech)
+        self.trim = trim_end_frames
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def script(self, rid: str, picks: list[int]) -> Script:
+        voice = self.speech.voice_for("heldout", rid)
+        return self.speech.make_script(rid, [self.pairs[p] for p in picks], voice)
+
+    def backchannels(self, rid: str) -> tuple:
+        return self.speech.backchannels(rid)
+
+    def user_channel(self, t, script, end: int, spec: FormatSpec, placed: str):
+        from dataclasses import replace
+
+        pad = tuple(int(c) for c in spec.silence(t.num_frames, end))
+        t = replace(t, num_frames=end, user_codes=t.user_codes + pad)
+        mixed = self.mixer.mix(t, script, self.trim, echo=False)
+        codes = np.asarray(self.codec.encode(mixed.user))
+        pause = mixed.pauses[0] if placed == "hesitation" and mixed.pauses else None
+        return codes, mixed.user, pause
 
 
 def _longest_silence(codes: np.ndarray, lo: int, hi: int, silence: set[int]) -> tuple[int, int]:
@@ -105,6 +181,7 @@ class EvalSets:
 
     items: list[tuple[EvalItem, np.ndarray]]
     counts: dict[str, dict]
+    audio: list[np.ndarray] | None = None  # speech_demo: each item's user channel (16 kHz)
 
 
 def _empty_counts(requested: int) -> dict:
@@ -125,21 +202,49 @@ def _bump(d: dict, key: str, by: int = 1) -> None:
     d[key] = d.get(key, 0) + by
 
 
-def build_eval_sets(cfg: EvalSetConfig, spec: FormatSpec, tokenize) -> EvalSets:
+def build_eval_sets(
+    cfg: EvalSetConfig,
+    spec: FormatSpec,
+    tokenize,
+    codec=None,
+    recipe=None,
+    trim_end_frames: int = 0,
+    only: tuple[str, ...] | None = None,
+) -> EvalSets:
     """Every evaluation dialogue ``(item, user codes)`` and the per-set counts.
 
     ``tokenize(texts)`` gives text ids. A dialogue that synthesis places as another
     scenario is judged as that one and counted as relabelled (with the reason); one
     that cannot be placed at all (``too_long``), or a backchannel set without
-    backchannel clips in the source, is counted as excluded."""
-    turns, keys, clips = _turn_pool(cfg)
-    if not turns:
+    backchannel clips in the source, is counted as excluded.
+
+    ``speech_demo`` needs the checkpoint's ``codec`` and the ``recipe`` (a
+    ``RecipeConfig``; default: the file ``cfg.recipe``) whose speech and noise settings
+    it uses. ``trim_end_frames`` drops the last frames of speech of every user turn
+    (the no-marker check; speech only); ``only`` builds only the named sets (the
+    others' draws are still made, so the dialogues of a set do not depend on it)."""
+    if cfg.source == "auto":
+        from dataclasses import replace
+
+        cfg = replace(cfg, source="speech_demo" if codec is not None else "demo")
+    if cfg.source == "speech_demo":
+        if recipe is None:
+            from bayling_duplex.data.load import recipe_from_file
+
+            recipe = recipe_from_file(cfg.recipe)
+        source = _SpeechDialogues(cfg, codec, recipe, trim_end_frames)
+    else:
+        if trim_end_frames:
+            raise ValueError("trim_end_frames works on audio: evalset.source=speech_demo")
+        source = _CodeDialogues(cfg)
+    if not len(source):
         raise ValueError("the evaluation source holds no turns")
     rng = random.Random(cfg.seed)
     synth = SynthesisConfig(seed=cfg.seed)
     B = spec.layout.frames_per_block
     tail = round(cfg.tail_s * spec.layout.frame_rate_hz)
     out: list[tuple[EvalItem, np.ndarray]] = []
+    audio: list[np.ndarray] = []
     plan = [
         ("turn_taking", cfg.turn_taking, 1),
         ("interruption", cfg.interruption, 2),
@@ -149,13 +254,17 @@ def build_eval_sets(cfg: EvalSetConfig, spec: FormatSpec, tokenize) -> EvalSets:
     counts = {scenario: _empty_counts(count) for scenario, count, _ in plan}
     for scenario, count, n_turns in plan:
         c = counts[scenario]
-        if scenario == "backchannel" and not clips and count:
-            c["excluded"] = count
-            c["excluded_reasons"] = {"the evaluation source has no backchannel clips": count}
-            continue
         for i in range(count):
-            picks = [rng.randrange(len(turns)) for _ in range(n_turns)]
-            script = Script(f"eval-{scenario}-{i:05d}", tuple(turns[p] for p in picks))
+            picks = [rng.randrange(len(source)) for _ in range(n_turns)]
+            if only is not None and scenario not in only:
+                continue
+            rid = f"eval-{scenario}-{i:05d}"
+            script = source.script(rid, picks)
+            clips = source.backchannels(rid) if scenario == "backchannel" else ()
+            if scenario == "backchannel" and not clips:
+                c["excluded"] += 1
+                _bump(c["excluded_reasons"], "the evaluation source has no backchannel clips")
+                continue
             ids = tokenize([t.assistant_text for t in script.turns])
             try:
                 t = synthesize(script, ids, scenario, synth, spec, clips)
@@ -179,14 +288,11 @@ def build_eval_sets(cfg: EvalSetConfig, spec: FormatSpec, tokenize) -> EvalSets:
             )
             end = max(t.num_frames, user_turns[-1][1] + tail)
             end = -(-end // B) * B
-            codes = np.concatenate([np.asarray(t.user_codes), spec.silence(t.num_frames, end)])
+            codes, wav, pause = source.user_channel(t, script, end, spec, placed)
             bc = next(
                 ((s.start_frame, s.end_frame) for s in t.user_segments if s.kind == "backchannel"),
                 None,
             )
-            pause = None
-            if placed == "hesitation":
-                pause = _longest_silence(codes, *user_turns[0], set(spec.silence_codes))
             out.append(
                 (
                     EvalItem(
@@ -194,22 +300,30 @@ def build_eval_sets(cfg: EvalSetConfig, spec: FormatSpec, tokenize) -> EvalSets:
                         placed,
                         end,
                         user_turns,
-                        tuple(keys[p] for p in picks),
+                        tuple(source.keys[p] for p in picks),
                         bc,
                         pause,
                         t.responses[0].end_frame,
                         requested=scenario,
                         relabelled=reason,
+                        answer_s=tuple(
+                            round(len(turn.assistant_codes) * spec.layout.frame_s, 3)
+                            for turn in script.turns
+                        ),
                     ),
                     codes,
                 )
             )
-    return EvalSets(out, counts)
+            if wav is not None:
+                audio.append(wav)
+        if isinstance(source, _SpeechDialogues):
+            source.speech.reset()
+    return EvalSets(out, counts, audio or None)
 
 
 def build_eval_items(
-    cfg: EvalSetConfig, spec: FormatSpec, tokenize
+    cfg: EvalSetConfig, spec: FormatSpec, tokenize, codec=None
 ) -> list[tuple[EvalItem, np.ndarray]]:
     """``(item, user codes)`` for every evaluation dialogue (:func:`build_eval_sets` without
     the counts). ``tokenize(texts)`` gives text ids."""
-    return build_eval_sets(cfg, spec, tokenize).items
+    return build_eval_sets(cfg, spec, tokenize, codec=codec).items

@@ -11,14 +11,22 @@ slot ``j`` of output block ``k`` starts at ``((k+1)·B + j·B/T) × 80 ms``.
 * ISR@2s — the response playing at an interruption's onset has its ``[EPAD]``
   at most 2 s after that onset; overlap is ``[EPAD]`` time minus onset;
 * backchannel robustness — the response playing when a backchannel starts
-  is not cut by it: its ``[EPAD]`` comes after the block boundary where an
-  interruption at that onset would have cut it (judged only where the reference
-  answer runs past that boundary, so a natural end cannot pass for a cut);
-* hesitation robustness — no response starts inside the pause of a turn.
+  is not cut by it: it is still playing one block (``B`` frames) after the
+  backchannel's onset, past the boundary where an interruption at that onset
+  would have cut it (judged only where the reference answer runs past that
+  boundary, so a natural end cannot pass for a cut);
+* hesitation robustness — no response starts inside the pause of a turn; its false
+  ends count the responses that start in ``[pause start, turn end)``.
+
+:func:`judge_times` does the scoring on response times in seconds, so anything
+that answers in time (the model, or the VAD cascade of
+:mod:`bayling_duplex.eval.vad_baseline`) is scored the same way; :func:`judge`
+reads the times off the text channel's slots and calls it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +49,7 @@ class EvalItem:
     answer_end: int | None = None  # frame where the reference answer to turns[0] ends
     requested: str | None = None  # the set it was built for (None: the same as scenario)
     relabelled: str | None = None  # why synthesis placed it as ``scenario`` instead
+    answer_s: tuple[float, ...] = ()  # per turn: the reference answer's duration (seconds)
 
 
 @dataclass
@@ -56,6 +65,7 @@ class DialogueOutcome:
     speaking_at_interruption: bool | None = None
     backchannel_kept: bool | None = None
     hesitation_kept: bool | None = None
+    false_ends: int | None = None  # responses starting in [pause start, turn end); None: no pause
     correct: bool | None = None
     extra: dict = field(default_factory=dict)
 
@@ -73,6 +83,11 @@ def event_times(
     ]
 
 
+# One response in time: (start_s, end_s, text_ids). end_s None: it never stopped;
+# text_ids None: its content is not judged.
+ResponseTimes = tuple[float, float | None, Sequence[int] | None]
+
+
 def judge(
     item: EvalItem,
     events: list[ResponseEvent],
@@ -82,13 +97,33 @@ def judge(
     isr_s: float = 2.0,
 ) -> DialogueOutcome:
     """Score one decoded dialogue. ``is_correct(key, text_ids)`` checks an answer."""
+    times = [(s, e, ev.text_ids) for s, e, ev in event_times(events, layout)]
+    return judge_times(item, times, is_correct, layout, window_s, isr_s)
+
+
+def judge_times(
+    item: EvalItem,
+    responses: Sequence[ResponseTimes],
+    is_correct: Callable[[str, Sequence[int]], bool] | None,
+    layout: BlockLayout,
+    window_s: float = 3.0,
+    isr_s: float = 2.0,
+) -> DialogueOutcome:
+    """Score one dialogue from its responses in time, in order of start.
+
+    ``responses``: ``(start_s, end_s | None, text_ids | None)`` per response, seconds
+    from frame 0; ``end_s`` None: it never stopped. ``is_correct(key, text_ids)`` checks
+    the answer to the first turn; where the responder's content is not modelled
+    (``is_correct`` None, or the first response's ``text_ids`` None) ``correct`` stays
+    None. ``layout`` gives the frame length and the block boundaries of the
+    backchannel cut.
+    """
     fr = layout.frame_s
-    times = event_times(events, layout)
     out = DialogueOutcome(item.id, item.scenario)
     t_start, t_end = item.turns[0][0] * fr, item.turns[0][1] * fr
     out.turn_end_s = t_end
-    first = next(((s, e, ev) for s, e, ev in times if s >= t_start), None)
-    if item.answer_keys:
+    first = next(((s, e, ids) for s, e, ids in responses if s >= t_start), None)
+    if item.answer_keys and is_correct is not None:
         out.correct = False  # until a response shows the answer
     if first is not None:
         out.onset_s = first[0]
@@ -96,11 +131,13 @@ def judge(
         out.taken = (
             "early" if first[0] < t_end else ("success" if first[0] <= t_end + window_s else "late")
         )
-        if item.answer_keys:
-            out.correct = is_correct(item.answer_keys[0], first[2].text_ids)
+        if item.answer_keys and is_correct is not None:
+            out.correct = None if first[2] is None else is_correct(item.answer_keys[0], first[2])
     if item.scenario == "interruption" and len(item.turns) > 1:
         u_s = item.turns[1][0] * fr
-        playing = next(((s, e) for s, e, _ in times if s <= u_s and (e is None or e > u_s)), None)
+        playing = next(
+            ((s, e) for s, e, _ in responses if s <= u_s and (e is None or e > u_s)), None
+        )
         out.speaking_at_interruption = playing is not None
         if playing is not None:
             stop = playing[1]
@@ -110,12 +147,17 @@ def judge(
         B = layout.frames_per_block
         cut = (item.backchannel[0] // B + 1) * B  # where an interruption would cut (format §6)
         b_s = item.backchannel[0] * fr
-        playing = next(((s, e) for s, e, _ in times if s <= b_s and (e is None or e > b_s)), None)
+        playing = next(
+            ((s, e) for s, e, _ in responses if s <= b_s and (e is None or e > b_s)), None
+        )
         if playing is not None and (item.answer_end is None or item.answer_end > cut):
-            out.backchannel_kept = playing[1] is None or playing[1] > cut * fr
+            # still playing one block after the onset: a block-aligned model that stops at
+            # the cut, or a cascade that stops any time within that block, was cut by it
+            out.backchannel_kept = playing[1] is None or playing[1] > b_s + B * fr
     if item.pause is not None:
         p_s = item.pause[0] * fr
-        out.hesitation_kept = not any(p_s <= s < t_end for s, _, _ in times)
+        out.false_ends = sum(p_s <= s < t_end for s, _, _ in responses)
+        out.hesitation_kept = out.false_ends == 0
     return out
 
 
@@ -156,6 +198,7 @@ def summarize(outcomes: list[DialogueOutcome]) -> dict:
     bcs = [o for o in outcomes if o.scenario == "backchannel"]
     bc_judged = [o.backchannel_kept for o in outcomes if o.backchannel_kept is not None]
     hes_judged = [o.hesitation_kept for o in outcomes if o.hesitation_kept is not None]
+    false_ends = [o.false_ends for o in outcomes if o.false_ends is not None]
     keyed = [o.correct for o in outcomes if o.correct is not None]
     by_set = {
         s: sum(o.scenario == s for o in turns) for s in ("turn_taking", "backchannel", "hesitation")
@@ -188,6 +231,11 @@ def summarize(outcomes: list[DialogueOutcome]) -> dict:
         },
         "backchannel_robustness": _rate(bc_judged),
         "hesitation_robustness": _rate(hes_judged),
+        "hesitation_false_ends": {
+            "total": sum(false_ends),
+            "per_dialogue": round(sum(false_ends) / len(false_ends), 4) if false_ends else None,
+            "n": len(false_ends),
+        },
         "answer_accuracy": _rate(keyed),
         "denominators": {
             "SR@3s": _den(len(turns), f"first user turns of the dialogues ({turn_sets})"),
@@ -209,6 +257,32 @@ def summarize(outcomes: list[DialogueOutcome]) -> dict:
                 len(bcs),
             ),
             "hesitation_robustness": _den(len(hes_judged), "hesitation dialogues"),
+            "hesitation_false_ends": _den(
+                len(false_ends),
+                "dialogues with a hesitation pause (responses starting between the pause's "
+                "start and the turn's end)",
+            ),
             "answer_accuracy": _den(len(keyed), "dialogues with an answer key (first turn)"),
         },
+    }
+
+
+def paired_difference(a: list[bool], b: list[bool], resamples: int = 2000, seed: int = 0) -> dict:
+    """Rates of two paired outcome lists (the same dialogues) and the difference ``b − a``
+    with its 95 % bootstrap interval (dialogues resampled with replacement, seeded)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired lists differ in length: {len(a)} != {len(b)}")
+    if not a:
+        return {"n": 0, "a": None, "b": None, "difference": None, "interval95": None}
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(resamples, len(x)))
+    diffs = y[idx].mean(axis=1) - x[idx].mean(axis=1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {
+        "n": len(x),
+        "a": round(float(x.mean()), 4),
+        "b": round(float(y.mean()), 4),
+        "difference": round(float(y.mean() - x.mean()), 4),
+        "interval95": [round(float(lo), 4), round(float(hi), 4)],
     }

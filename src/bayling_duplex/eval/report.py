@@ -1,8 +1,11 @@
-"""The evaluation's report: report.json, summary.md and the plots (latency.png, timelines.png)."""
+"""The evaluation's report: report.json, summary.md, the plots (latency.png, timelines.png)
+and, when asked, report.html (the same figures, the plots and players for a few dialogues)."""
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,13 +39,20 @@ def write_report(
     plots: int = 4,
     sets: dict[str, dict] | None = None,
     models: dict[str, dict] | None = None,
+    listening: list[dict] | None = None,
+    html: bool = False,
+    checks: dict | None = None,
 ) -> None:
     """``report.json``, ``summary.md``, ``latency.png`` and ``timelines.png`` in ``out``.
 
     ``sets``: the per-set counts of :class:`~bayling_duplex.eval.dialogues.EvalSets`;
     ``models``: per report name, what was evaluated (for a checkpoint,
     :func:`bayling_duplex.model.checkpoint.describe`). Both are recorded beside every
-    model's summary in report.json and shown in summary.md."""
+    model's summary in report.json and shown in summary.md. With ``html`` or a
+    ``listening`` list (:func:`bayling_duplex.eval.listen.write_listening`, its WAVs
+    already in ``out``), ``report.html`` too (:func:`write_html`). ``checks``: named
+    checks of the evaluation (the no-marker check), in report.json under the first
+    report's entry, and in summary.md and report.html."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         name: {
@@ -53,9 +63,34 @@ def write_report(
         }
         for name, rep in reports.items()
     }
+    if checks and payload:
+        payload[next(iter(payload))]["checks"] = checks
     (out / "report.json").write_text(json.dumps(payload, indent=1))
-    (out / "summary.md").write_text(markdown_summary(reports, sets, models))
+    (out / "summary.md").write_text(markdown_summary(reports, sets, models) + _checks_md(checks))
     _plots(out, outcomes, items, layout, plots)
+    if html or listening is not None:
+        write_html(out, reports, sets, listening, checks=checks)
+
+
+def check_lines(checks: dict | None) -> list[str]:
+    """One line per check, in words."""
+    lines = []
+    nm = (checks or {}).get("no_marker")
+    if nm:
+        iv = nm.get("difference_interval95") or [None, None]
+        lines.append(
+            f"no-marker check ({nm['dialogues']} turn-taking dialogues): SR@3s "
+            f"{_fmt(nm['SR@3s_as_built'])} as built, {_fmt(nm['SR@3s_last_frame_removed'])} "
+            "with the last frame of every user turn's speech removed; difference "
+            f"{_fmt(nm['difference'])} (95 % interval {_fmt(iv[0])} … {_fmt(iv[1])}); "
+            f"{'passed' if nm['passed'] else 'FAILED'} (at most {nm['max_loss_points']} points lost)"
+        )
+    return lines
+
+
+def _checks_md(checks: dict | None) -> str:
+    lines = check_lines(checks)
+    return "\n## Checks\n\n" + "".join(f"- {x}\n" for x in lines) if lines else ""
 
 
 def _fmt(v, pct: bool = True) -> str:
@@ -77,6 +112,8 @@ def _model_line(name: str, m: dict | None) -> str:
         return f"- **{name}**: not recorded"
     if m.get("untrained"):
         return f"- **{name}**: the untrained backbone ({m.get('backbone', '?')})"
+    if m.get("baseline"):
+        return f"- **{name}**: {m.get('backbone', '?')}"
     fmt = m.get("format") or {}
     layout = (
         f"{fmt['frames_per_block']}:{fmt['slots_per_block']}:{fmt['frames_per_block']}, "
@@ -302,3 +339,222 @@ def timeline_plot(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return rows
+
+
+# report.html: (label, the value in a summary, kind, its denominator's key)
+HTML_ROWS = (
+    ("SR@3s", ("turn_taking", "SR@3s"), "pct", "SR@3s"),
+    ("early start", ("turn_taking", "early_start_rate"), "pct", None),
+    ("no response", ("turn_taking", "no_response_rate"), "pct", None),
+    ("mean latency", ("turn_taking", "latency_s", "mean"), "s", "latency_s"),
+    ("ISR@2s", ("interruption", "ISR@2s"), "pct", "ISR@2s"),
+    (
+        "speaking at interruption onset",
+        ("interruption", "speaking_at_onset_rate"),
+        "pct",
+        "speaking_at_onset_rate",
+    ),
+    ("mean overlap", ("interruption", "overlap_s", "mean"), "s", "overlap_s"),
+    ("backchannel robustness", ("backchannel_robustness",), "pct", "backchannel_robustness"),
+    ("hesitation robustness", ("hesitation_robustness",), "pct", "hesitation_robustness"),
+    (
+        "hesitation false ends",  # shown only where a summary has them
+        ("hesitation_false_ends", "per_dialogue"),
+        "per",
+        "hesitation_false_ends",
+    ),
+    ("answer accuracy", ("answer_accuracy",), "pct", "answer_accuracy"),
+)
+OPTIONAL_ROWS = {"hesitation false ends"}
+PLOTS = (
+    ("timelines.png", "Timelines: user speech and every model's responses in a few dialogues"),
+    ("latency.png", "Histogram of turn-taking latency (response onset minus turn end)"),
+)
+STEREO_LABEL = (
+    "left: user microphone · right: assistant (re-synthesized from its decoded text "
+    "at its decoded onsets)"
+)
+CODES_LABEL = (
+    "what the user channel's unit codes sound like (diagnostic: mean mel per unit + "
+    "Griffin-Lim, not intelligible)"
+)
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 64rem; margin: 1.5rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.4; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; }
+thead th { background: #f2f2f2; }
+td { text-align: right; font-variant-numeric: tabular-nums; }
+th[scope=row] { text-align: left; font-weight: normal; }
+.n, .note { color: #777; font-size: 0.85em; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.dialogue { border-top: 1px solid #ddd; padding: 0.5rem 0; }
+.dialogue h3 { margin: 0.3rem 0; font-size: 1rem; }
+audio { width: 100%; max-width: 40rem; }
+.missing { color: #b00; }
+"""
+
+
+def _value(r: dict, path: tuple[str, ...]):
+    v = r
+    for k in path:
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def _cell(r: dict, path: tuple[str, ...], kind: str, den: str | None) -> str:
+    v = _value(r, path)
+    if v is None:
+        return "<td>–</td>"
+    text = {"pct": f"{100 * v:.1f} %", "s": f"{v:.2f} s", "per": f"{v:.2f} per dialogue"}[kind]
+    n = _over(r, den) if den else ""
+    return (
+        f"<td>{html.escape(text)}"
+        + (f'<span class="n">{html.escape(n)}</span>' if n else "")
+        + "</td>"
+    )
+
+
+def _metric_table(reports: dict[str, dict]) -> list[str]:
+    e = html.escape
+    lines = [
+        '<table class="metrics">',
+        "<thead><tr><th>metric</th>"
+        + "".join(f"<th>{e(n)}</th>" for n in reports)
+        + "</tr></thead>",
+        "<tbody>",
+    ]
+    for label, path, kind, den in HTML_ROWS:
+        if label in OPTIONAL_ROWS and all(path[0] not in r for r in reports.values()):
+            continue
+        cells = "".join(_cell(r, path, kind, den) for r in reports.values())
+        lines.append(f'<tr><th scope="row">{e(label)}</th>{cells}</tr>')
+    cells = "".join(f"<td>{e(str(r.get('dialogues', '–')))}</td>" for r in reports.values())
+    lines += [f'<tr><th scope="row">dialogues</th>{cells}</tr>', "</tbody>", "</table>"]
+    return lines
+
+
+def _sets_table(sets: dict[str, dict]) -> list[str]:
+    e = html.escape
+    cols = ("requested", "built", "relabelled", "excluded", "judged")
+    lines = [
+        '<table class="sets">',
+        "<thead><tr><th>set</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr></thead>",
+        "<tbody>",
+    ]
+    notes = []
+    for name, c in sets.items():
+        moved = ", ".join(f"{n} → {to}" for to, n in c.get("relabelled_to", {}).items())
+        came = ", ".join(f"+{n} from {frm}" for frm, n in c.get("relabelled_from", {}).items())
+        extra = {"relabelled": moved, "judged": came}
+        cells = "".join(
+            f"<td>{e(str(c.get(k, '–')))}"
+            + (f'<span class="n"> ({e(extra[k])})</span>' if extra.get(k) else "")
+            + "</td>"
+            for k in cols
+        )
+        lines.append(f'<tr><th scope="row">{e(name)}</th>{cells}</tr>')
+        notes += [
+            f"{name} relabelled ({n}): {why}" for why, n in c.get("relabel_reasons", {}).items()
+        ]
+        notes += [
+            f"{name} excluded ({n}): {why}" for why, n in c.get("excluded_reasons", {}).items()
+        ]
+    lines += ["</tbody>", "</table>"]
+    if notes:
+        lines += ['<ul class="note">', *(f"<li>{e(n)}</li>" for n in notes), "</ul>"]
+    return lines
+
+
+def _src(rel: str) -> str:
+    """A relative path as an attribute value: URL-quoted, then HTML-escaped."""
+    from urllib.parse import quote
+
+    return html.escape(quote(rel), quote=True)
+
+
+def _player(out: Path, rel: str, label: str) -> list[str]:
+    e = html.escape
+    if not (out / rel).is_file():
+        return [f'<p class="missing">{e(rel)} is missing</p>']
+    return [
+        "<figure>",
+        f"<figcaption>{e(label)}</figcaption>",
+        f'<audio controls preload="metadata" src="{_src(rel)}"></audio>',
+        "</figure>",
+    ]
+
+
+def _dialogue(out: Path, d: dict) -> list[str]:
+    e = html.escape
+    model = f" · {d['model']}" if d.get("model") else ""
+    lines = [
+        '<section class="dialogue">',
+        f'<h3>{e(str(d["id"]))} <span class="n">({e(str(d.get("scenario", "?")))}{e(model)})</span></h3>',
+        f'<p class="verdict">{e(str(d.get("verdict", "")))}</p>',
+        *_player(out, d["wav"], STEREO_LABEL),
+    ]
+    if d.get("codes_wav"):
+        lines += _player(out, d["codes_wav"], CODES_LABEL)
+    responses = d.get("responses") or []
+    if responses:
+        lines.append('<ol class="responses note">')
+        for start, stop, text in responses:
+            until = "no [EPAD]" if stop is None else f"{stop:.2f} s"
+            lines.append(f"<li>{start:.2f} s → {e(until)}: {e(str(text))}</li>")
+        lines.append("</ol>")
+    return [*lines, "</section>"]
+
+
+def write_html(
+    out: Path,
+    reports: dict[str, dict],
+    sets: dict[str, dict] | None = None,
+    listening: Sequence[dict] | None = None,
+    images: Sequence[tuple[str, str]] = PLOTS,
+    checks: dict | None = None,
+) -> Path:
+    """``out/report.html``: one self-contained page linking only to files in ``out``.
+
+    The metric table of every name in ``reports`` (a :func:`~bayling_duplex.eval.metrics.summarize`
+    output each; a missing figure shows "–"), the set counts, ``images`` (``(file, alt
+    text)`` in ``out``) and, per ``listening`` dialogue, its verdict and players for its
+    WAVs (a missing file is flagged, not linked). Every text is HTML-escaped."""
+    e = html.escape
+    body = ["<h1>Behaviour evaluation</h1>", "<h2>Metrics</h2>", *_metric_table(reports)]
+    if checks:
+        body += [
+            "<h2>Checks</h2>",
+            "<ul>",
+            *(f"<li>{e(x)}</li>" for x in check_lines(checks)),
+            "</ul>",
+        ]
+    if sets:
+        body += ["<h2>Evaluation sets</h2>", *_sets_table(sets)]
+    body.append("<h2>Plots</h2>")
+    for file, alt in images:
+        if (out / file).is_file():
+            body.append(f'<figure><img src="{_src(file)}" alt="{e(alt, quote=True)}"></figure>')
+        else:
+            body.append(f'<p class="missing">{e(file)} is missing</p>')
+    if listening:
+        body += [
+            "<h2>Listen</h2>",
+            '<p class="note">The assistant channel is a rendering of the decoded text at the '
+            "decoded onsets, cut where the model stopped; not the model's own audio.</p>",
+        ]
+        for d in listening:
+            body += _dialogue(out, d)
+    page = [
+        "<!doctype html>",
+        '<html lang="en">',
+        '<head><meta charset="utf-8"><title>Behaviour evaluation</title>',
+        f"<style>{CSS}</style></head>",
+        "<body>",
+        *body,
+        "</body>",
+        "</html>",
+    ]
+    path = out / "report.html"
+    path.write_text("\n".join(page) + "\n", encoding="utf-8")
+    return path

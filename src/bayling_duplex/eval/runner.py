@@ -100,3 +100,47 @@ def behaviour_callback(
             return control
 
     return BehaviourEval()
+
+
+def checkpoint_codec(path):
+    """The fitted codec a checkpoint's data was coded with (``<checkpoint>/codec``), or None."""
+    from pathlib import Path
+
+    from bayling_duplex.model import checkpoint
+
+    if not Path(path).is_dir() or not (Path(path) / checkpoint.DUPLEX_META).is_file():
+        return None
+    folder = checkpoint.codec_dir(path)
+    if folder is None:
+        return None
+    from bayling_duplex.audio.units import UnitCodec
+
+    return UnitCodec.load(folder)
+
+
+def no_marker_check(
+    outcomes_as_built: list[DialogueOutcome],
+    outcomes_trimmed: list[DialogueOutcome],
+    max_loss_points: float = 5.0,
+) -> dict:
+    """SR@3s of the same turn-taking dialogues as built and with the last frame of every
+    user turn's speech removed, paired, with the interval of the difference. A model
+    that answers on something planted at the very end of a turn loses here."""
+    from bayling_duplex.eval.metrics import paired_difference
+
+    trimmed = {o.id: o for o in outcomes_trimmed}
+    pairs = [(o, trimmed[o.id]) for o in outcomes_as_built if o.id in trimmed]
+    d = paired_difference(
+        [a.taken == "success" for a, _ in pairs], [b.taken == "success" for _, b in pairs]
+    )
+    loss = None if d["difference"] is None else round(-100 * d["difference"], 2)
+    return {
+        "dialogues": d["n"],
+        "SR@3s_as_built": d["a"],
+        "SR@3s_last_frame_removed": d["b"],
+        "difference": d["difference"],
+        "difference_interval95": d["interval95"],
+        "loss_points": loss,
+        "max_loss_points": max_loss_points,
+        "passed": loss is not None and loss <= max_loss_points,
+    }

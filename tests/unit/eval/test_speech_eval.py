@@ -1,0 +1,75 @@
+"""Evaluation dialogues of the real-speech default: held-out voices, audio kept, trimmed variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("espeakng_loader")
+
+from bayling_duplex.audio.units import UnitCodec, UnitCodecConfig
+from bayling_duplex.data.load import recipe_from_file
+from bayling_duplex.eval.dialogues import EvalSetConfig, build_eval_sets
+from bayling_duplex.eval.metrics import DialogueOutcome
+from bayling_duplex.eval.runner import no_marker_check
+from bayling_duplex.format.layout import BlockLayout
+from bayling_duplex.format.spec import FormatSpec
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from bayling_duplex.data.speech_demo import fitting_audio
+
+    recipe = recipe_from_file("speech_demo")
+    codec = UnitCodec.fit(fitting_audio(recipe, 60.0), UnitCodecConfig(num_codes=32, iters=8))
+    spec = FormatSpec(BlockLayout(10, 5), codec.silence_codes)
+    cfg = EvalSetConfig(source="auto", turn_taking=4, interruption=3, backchannel=3, hesitation=3)
+    return recipe, codec, spec, cfg
+
+
+def tokenize(texts):
+    return [[5] * max(1, len(t) // 5) for t in texts]
+
+
+def test_speech_sets_keep_the_audio_and_code_it_whole(setup) -> None:
+    recipe, codec, spec, cfg = setup
+    sets = build_eval_sets(cfg, spec, tokenize, codec=codec, recipe=recipe)
+    assert sets.audio is not None and len(sets.audio) == len(sets.items) == 13
+    for (item, codes), wav in zip(sets.items, sets.audio, strict=True):
+        assert len(wav) == item.num_frames * 1280 and item.num_frames % 10 == 0
+        assert list(codes) == list(codec.encode(wav))  # the channel as heard, coded whole
+        assert len(item.answer_s) == len(item.turns) and all(a > 0 for a in item.answer_s)
+        if item.scenario == "hesitation":
+            start, end = item.pause
+            turn_start, turn_end = item.turns[0]
+            assert turn_start < start < end < turn_end
+    keys = [item.answer_keys[0] for item, _ in sets.items]
+    assert all(isinstance(k, str) and k for k in keys)
+
+
+def test_the_trimmed_variant_removes_only_the_last_frame_of_speech(setup) -> None:
+    recipe, codec, spec, cfg = setup
+    full = build_eval_sets(cfg, spec, tokenize, codec=codec, recipe=recipe, only=("turn_taking",))
+    cut = build_eval_sets(
+        cfg, spec, tokenize, codec=codec, recipe=recipe, trim_end_frames=1, only=("turn_taking",)
+    )
+    assert [i.id for i, _ in full.items] == [i.id for i, _ in cut.items]
+    assert {i.scenario for i, _ in full.items} <= {"turn_taking"}
+    for (a, _), (b, _), wa, wb in zip(full.items, cut.items, full.audio, cut.audio, strict=True):
+        assert a.turns == b.turns  # judged against the same turn end
+        start, end = a.turns[0]
+        before = slice(start * 1280, (end - 1) * 1280)
+        np.testing.assert_array_equal(wa[before], wb[before])
+        last = slice((end - 1) * 1280, end * 1280)
+        assert np.abs(wa[last]).sum() > np.abs(wb[last]).sum()  # speech gone, noise kept
+
+
+def test_no_marker_check_pairs_the_same_dialogues() -> None:
+    def outs(taken):
+        return [DialogueOutcome(f"d{i}", "turn_taking", taken=t) for i, t in enumerate(taken)]
+
+    same = no_marker_check(outs(["success"] * 10), outs(["success"] * 10))
+    assert same["passed"] and same["loss_points"] == 0.0 and same["dialogues"] == 10
+    lost = no_marker_check(outs(["success"] * 10), outs(["none"] * 10))
+    assert not lost["passed"] and lost["loss_points"] == 100.0
+    assert lost["difference_interval95"] == [-1.0, -1.0]
