@@ -14,6 +14,7 @@ from bayling_duplex.cli.hydra import config_dir, to_dataclass
 TINY_MODEL = [
     "model.tiny.hidden_size=32",
     "model.tiny.intermediate_size=64",
+    "model.tiny.num_layers=2",
     "model.tiny.num_heads=2",
     "model.tiny.num_kv_heads=1",
 ]
@@ -36,6 +37,7 @@ def build_small_demo(
     conf = compose_conf(
         "build",
         [
+            "recipe=demo",
             f"recipe.train.count={train}",
             f"recipe.heldout.count={heldout}",
             f"recipe.shard_size={shard_size}",

@@ -17,6 +17,7 @@ from helpers import TINY_MODEL, build_small_demo
 from bayling_duplex.cli.hydra import repo_root
 
 ARGS = [
+    "data=demo",
     "run.wandb.mode=disabled",
     "train.max_steps=3",
     "train.batch_size=2",

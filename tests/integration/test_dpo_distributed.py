@@ -18,6 +18,7 @@ from helpers import TINY_MODEL, compose_conf, save_tiny_sft
 pytestmark = pytest.mark.slow
 
 ARGS = [
+    "data=demo",
     "run.wandb.mode=disabled",
     *TINY_MODEL,
     "pairs.train=16",

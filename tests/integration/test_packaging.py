@@ -133,14 +133,16 @@ def test_non_editable_install_runs_from_shipped_configs(target_install, tmp_path
         [sys.executable, "-m", "bayling_duplex.train", "sft", "--cfg", "job"], elsewhere, env
     )
     assert sft.returncode == 0, sft.stdout[-3000:] + sft.stderr[-3000:]
-    for line in ("model:\n  kind: tiny", "data:\n  path: data/demo", "train:\n  epochs:"):
+    for line in ("model:\n  kind: tiny", "data:\n  path: data/speech_demo", "train:\n  epochs:"):
         assert line in sft.stdout
 
     build = _run(
         [sys.executable, "-m", "bayling_duplex.data", "build", "--cfg", "job"], elsewhere, env
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    assert "recipe:\n  name: demo" in build.stdout  # the recipe group (configs/recipe) shipped
+    assert (
+        "recipe:\n  name: speech_demo" in build.stdout
+    )  # the recipe group (configs/recipe) shipped
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # --cfg job writes nothing
 
 

@@ -381,20 +381,22 @@ class WaveformMixer:
         spf = self.codec.samples_per_frame
         fade = round(self.cfg.cut_fade_ms * self.codec.sample_rate / 1000)
         user_p, assistant_p, pauses = self.placements(t, script, trim_end_frames)
+        # the noise level follows the speech as spoken: trimming must not change the noise
+        power_p = self.placements(t, script)[0] if trim_end_frames else user_p
         user = mix_channel(user_p, t.num_frames, spf, fade)
         assistant = mix_channel(assistant_p, t.num_frames, spf, fade)
         rng = np.random.default_rng(
             record_rng(self.seed, t.id, f"noise|{t.scenario}").getrandbits(64)
         )
         gain_db = rng.uniform(*self.cfg.user_gain_db)
-        user_p = [replace(p, wav=p.wav * np.float32(10 ** (gain_db / 20))) for p in user_p]
+        power_p = [replace(p, wav=p.wav * np.float32(10 ** (gain_db / 20))) for p in power_p]
         user *= np.float32(10 ** (gain_db / 20))
         out = Mixed(user, assistant, pauses)
         if rng.random() < self.cfg.noise_prob:
             snr = rng.uniform(*self.cfg.snr_db)
             out.snr_db = round(float(snr), 2)
             for name in self.cfg.noise_channels:
-                clips = user_p if name == "user" else assistant_p
+                clips = power_p if name == "user" else assistant_p
                 speech = np.concatenate([p.wav for p in clips]) if clips else np.zeros(1)
                 power = float(np.mean(np.square(speech, dtype=np.float64)))
                 wav = getattr(out, name)

@@ -127,7 +127,7 @@ def test_a_failed_eval_leaves_no_claim_on_its_run_folder(tmp_path):
 def test_a_failed_train_leaves_no_claim_on_its_run_folder(tmp_path):
     """Its config.yaml and backbone/ are gone: the folder holds only Hydra's job log, which
     the non-empty check ignores, so the corrected rerun is accepted."""
-    args = ["sft", *TINY_MODEL, "data.path=nowhere", "data.build_if_missing=false"]
+    args = ["sft", *TINY_MODEL, "data=demo", "data.path=nowhere", "data.build_if_missing=false"]
     res = _cli("train", *args, "run.wandb.mode=disabled", cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "python -m bayling_duplex.data build" in res.stderr
@@ -178,6 +178,7 @@ def test_multirun_jobs_get_their_own_folder_name_and_wandb_run(small_data, tmp_p
         "train",
         "sft",
         *TINY_MODEL,
+        "data=demo",
         f"data.path={small_data}",
         "train.max_steps=2",
         "train.batch_size=4",

@@ -18,6 +18,7 @@ from bayling_duplex.train.dpo import TRL_LOSS_TYPES, PreferenceCollator, trainer
 
 TINY = [
     *TINY_MODEL,
+    "data=demo",
     "run.wandb.mode=disabled",
 ]
 SMALL_RUN = [

@@ -13,6 +13,7 @@ from bayling_duplex.train.collate import DuplexCollator, real_token_share
 from bayling_duplex.train.loss import LossWeights, token_losses, weighted_loss
 
 TINY = [
+    "data=demo",
     "train.behaviour_dialogues=0",
     *TINY_MODEL,
     "run.wandb.mode=disabled",
