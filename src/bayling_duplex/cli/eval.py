@@ -108,6 +108,15 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     if evalsets.audio is not None:
         reports.update(_vad_baselines(conf, evalsets, spec.layout, outcomes, models))
         listening = _listening(conf, run_dir, evalsets, outcomes, codec)
+    if "model" in outcomes and "untrained" in outcomes:
+        # the one pair worth its table: what training changed, on the same dialogues
+        from bayling_duplex.eval.comparison import compare
+
+        checks["paired"] = {
+            "model vs untrained": compare(
+                outcomes["untrained"], outcomes["model"], names=("untrained", "model")
+            )
+        }
     write_report(
         run_dir,
         reports,

@@ -177,6 +177,10 @@ def _stats(xs: list[float]) -> dict | None:
     }
 
 
+def _round(iv: list[float] | None, digits: int) -> list[float] | None:
+    return None if iv is None else [round(iv[0], digits), round(iv[1], digits)]
+
+
 def _den(n: int, over: str, of: int | None = None) -> dict:
     d = {"n": n, "over": over}
     if of is not None:
@@ -184,11 +188,16 @@ def _den(n: int, over: str, of: int | None = None) -> dict:
     return d
 
 
-def summarize(outcomes: list[DialogueOutcome]) -> dict:
+def summarize(outcomes: list[DialogueOutcome], resamples: int = 2000, seed: int = 0) -> dict:
     """Aggregate figures over all dialogues (each metric over the dialogues it applies to).
 
     ``denominators[metric]`` says what each figure is over: ``n`` dialogues (``of``
-    so many in its set where only some are judged) and, in words, which ones."""
+    so many in its set where only some are judged) and, in words, which ones.
+    ``intervals[metric]`` is its 95 % percentile bootstrap interval ``[low, high]`` over
+    those same dialogues (:func:`bootstrap_interval`, ``resamples`` and ``seed`` as given,
+    recorded in ``bootstrap``), None where there are none: of the rate, or for
+    ``latency_s`` and ``overlap_s`` of the mean (seconds), for ``hesitation_false_ends``
+    of the false ends per dialogue."""
     turns = [o for o in outcomes if o.scenario in ("turn_taking", "hesitation", "backchannel")]
     inter = [o for o in outcomes if o.scenario == "interruption"]
     applicable = [o for o in inter if o.speaking_at_interruption]
@@ -204,6 +213,25 @@ def summarize(outcomes: list[DialogueOutcome]) -> dict:
         s: sum(o.scenario == s for o in turns) for s in ("turn_taking", "backchannel", "hesitation")
     }
     turn_sets = ", ".join(f"{k} {v}" for k, v in by_set.items() if v) or "none"
+
+    def iv(xs: Sequence[float], digits: int = 4) -> list[float] | None:
+        return _round(bootstrap_interval(xs, resamples=resamples, seed=seed), digits)
+
+    intervals = {
+        "SR@3s": iv([o.taken == "success" for o in turns]),
+        "early_start_rate": iv([o.taken == "early" for o in turns]),
+        "late_rate": iv([o.taken == "late" for o in turns]),
+        "no_response_rate": iv([o.taken == "none" for o in turns]),
+        "latency_s": iv(successes, 3),  # the mean, rounded like it
+        "speaking_at_onset_rate": iv([bool(o.speaking_at_interruption) for o in inter]),
+        "not_speaking_at_onset_rate": iv([not o.speaking_at_interruption for o in inter]),
+        "ISR@2s": iv([bool(o.interrupted_ok) for o in applicable]),
+        "overlap_s": iv(overlaps, 3),
+        "backchannel_robustness": iv(bc_judged),
+        "hesitation_robustness": iv(hes_judged),
+        "hesitation_false_ends": iv(false_ends),  # per dialogue
+        "answer_accuracy": iv(keyed),
+    }
     return {
         "dialogues": len(outcomes),
         "turn_taking": {
@@ -264,25 +292,70 @@ def summarize(outcomes: list[DialogueOutcome]) -> dict:
             ),
             "answer_accuracy": _den(len(keyed), "dialogues with an answer key (first turn)"),
         },
+        "intervals": intervals,
+        "bootstrap": {
+            "level": 0.95,
+            "resamples": resamples,
+            "seed": seed,
+            "method": "percentile bootstrap over each figure's dialogues",
+        },
     }
 
 
-def paired_difference(a: list[bool], b: list[bool], resamples: int = 2000, seed: int = 0) -> dict:
-    """Rates of two paired outcome lists (the same dialogues) and the difference ``b − a``
-    with its 95 % bootstrap interval (dialogues resampled with replacement, seeded)."""
+def bootstrap_interval(
+    values: Sequence[float],
+    stat: str = "mean",
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[float] | None:
+    """The ``level`` percentile bootstrap interval ``[low, high]`` of ``stat`` (``"mean"`` or
+    ``"median"``) of ``values``, one value per dialogue (a rate: 0/1 or bools).
+
+    The dialogues are resampled with replacement ``resamples`` times from a numpy Generator
+    seeded with ``seed``, so the same call gives the same interval. Vectorised: all resamples
+    at once, in chunks of at most 2**22 draws. None for no values; a constant list (a rate
+    of 0 or 1) gives ``[v, v]``."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    reduce = {"mean": np.mean, "median": np.median}.get(stat)
+    if reduce is None:
+        raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2**22 // v.size)  # caps the (resamples, n) index array's memory
+    est = np.concatenate(
+        [
+            reduce(v[rng.integers(0, v.size, size=(min(chunk, resamples - i), v.size))], axis=1)
+            for i in range(0, resamples, chunk)
+        ]
+    )
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(est, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Means (rates, for bools) of two paired lists (the same dialogues, in the same order) and
+    the difference ``b − a`` with its 95 % bootstrap interval: the dialogues are resampled
+    with replacement (seeded) and both lists take the same resampled indices, i.e. the
+    bootstrap of the per-dialogue differences."""
     if len(a) != len(b):
         raise ValueError(f"paired lists differ in length: {len(a)} != {len(b)}")
-    if not a:
+    if not len(a):
         return {"n": 0, "a": None, "b": None, "difference": None, "interval95": None}
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(resamples, len(x)))
-    diffs = y[idx].mean(axis=1) - x[idx].mean(axis=1)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    iv = bootstrap_interval(y - x, resamples=resamples, seed=seed)
     return {
         "n": len(x),
         "a": round(float(x.mean()), 4),
         "b": round(float(y.mean()), 4),
         "difference": round(float(y.mean() - x.mean()), 4),
-        "interval95": [round(float(lo), 4), round(float(hi), 4)],
+        "interval95": _round(iv, 4),
     }

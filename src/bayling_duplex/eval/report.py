@@ -52,7 +52,8 @@ def write_report(
     ``listening`` list (:func:`bayling_duplex.eval.listen.write_listening`, its WAVs
     already in ``out``), ``report.html`` too (:func:`write_html`). ``checks``: named
     checks of the evaluation (the no-marker check), in report.json under the first
-    report's entry, and in summary.md and report.html."""
+    report's entry, and in summary.md and report.html: ``checks["paired"]`` maps a name to
+    a :func:`~bayling_duplex.eval.comparison.compare` result, shown as a table."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         name: {
@@ -67,7 +68,7 @@ def write_report(
         payload[next(iter(payload))]["checks"] = checks
     (out / "report.json").write_text(json.dumps(payload, indent=1))
     (out / "summary.md").write_text(markdown_summary(reports, sets, models) + _checks_md(checks))
-    _plots(out, outcomes, items, layout, plots)
+    _plots(out, outcomes, items, layout, plots, reports)
     if html or listening is not None:
         write_html(out, reports, sets, listening, checks=checks)
 
@@ -85,18 +86,108 @@ def check_lines(checks: dict | None) -> list[str]:
             f"{_fmt(nm['difference'])} (95 % interval {_fmt(iv[0])} … {_fmt(iv[1])}); "
             f"{'passed' if nm['passed'] else 'FAILED'} (at most {nm['max_loss_points']} points lost)"
         )
+    for name, p in ((checks or {}).get("paired") or {}).items():
+        clear = [
+            f"{f['label']} {_difference(f)} ({_verdict(f)})"
+            for f in p["figures"].values()
+            if f["clear"]
+        ]
+        lines.append(
+            f"paired comparison {name} ({p['dialogues']} dialogues in both): "
+            + ("clear differences: " + "; ".join(clear) if clear else "no clear difference")
+        )
     return lines
 
 
 def _checks_md(checks: dict | None) -> str:
     lines = check_lines(checks)
-    return "\n## Checks\n\n" + "".join(f"- {x}\n" for x in lines) if lines else ""
+    if not lines:
+        return ""
+    md = ["", "## Checks", "", *(f"- {x}" for x in lines)]
+    for name, p in ((checks or {}).get("paired") or {}).items():
+        md += ["", f"### Paired: {name}", "", *paired_table(p)]
+    return "\n".join(md) + "\n"
+
+
+def _num(kind: str, v: float) -> str:
+    return f"{100 * v:.1f}" if kind == "rate" else f"{v:.2f}"
+
+
+def _diff(f: dict, v: float | None, unit: bool = True) -> str:
+    """A difference of figure ``f``: points for a rate, seconds for times, signed."""
+    if v is None:
+        return "–"
+    text = f"{100 * v:+.1f}" if f["kind"] == "rate" else f"{v:+.2f}"
+    text = text[1:] if float(text) == 0 else text  # no sign on a zero
+    return text + ({"rate": " points", "s": " s"}.get(f["kind"], "") if unit else "")
+
+
+def _difference(f: dict) -> str:
+    """``b − a [low, high]`` of figure ``f`` of a paired comparison."""
+    iv = f["interval95"]
+    text = _diff(f, f["difference"])
+    return text if iv is None else f"{text} [{_diff(f, iv[0], False)}, {_diff(f, iv[1], False)}]"
+
+
+def _verdict(f: dict) -> str:
+    if not f["clear"]:
+        return "no"
+    up = f["difference"] > 0
+    return "yes, better" if up == (f["better"] == "up") else "yes, worse"
+
+
+def paired_rows(p: dict) -> list[tuple[str, str, str, str, str]]:
+    """Per figure of a :func:`~bayling_duplex.eval.comparison.compare` result: ``(figure (n),
+    a, b, difference [interval], clear?)`` as text."""
+    rows = []
+    for f in p["figures"].values():
+
+        def value(v, kind=f["kind"]):
+            if v is None:
+                return "–"
+            return _num(kind, v) + {"rate": " %", "s": " s"}.get(kind, "")
+
+        label = f"{f['label']} (n={f['n']})"
+        rows.append((label, value(f["a"]), value(f["b"]), _difference(f), _verdict(f)))
+    return rows
+
+
+def paired_table(p: dict, a: str | None = None, b: str | None = None) -> list[str]:
+    """A markdown table of a :func:`~bayling_duplex.eval.comparison.compare` result: figure |
+    a | b | difference b − a [95 % interval] | clear? (the interval excludes 0)."""
+    runs = p.get("runs", {})
+    a, b = a or runs.get("a", "a"), b or runs.get("b", "b")
+    lines = [
+        f"| figure | {a} | {b} | difference {b} − {a} [95 % interval] | clear? |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in paired_rows(p)]
+    unmatched = p.get("unmatched") or {}
+    return [
+        *lines,
+        "",
+        f"Paired by dialogue id over {p['dialogues']} dialogues in both runs "
+        f"({unmatched.get('a', 0)} only in {a}, {unmatched.get('b', 0)} only in {b}); each "
+        "figure over the dialogues it applies to in both; clear: the paired bootstrap "
+        "interval excludes 0.",
+    ]
 
 
 def _fmt(v, pct: bool = True) -> str:
     if v is None:
         return "–"
     return f"{100 * v:.1f} %" if pct else f"{v:.2f}"
+
+
+def _ci(r: dict, key: str, kind: str = "pct") -> str:
+    """`` [low, high]``: the 95 % interval of metric ``key`` in report ``r`` (a rate in %,
+    ``kind`` "s" or "per" in its own unit), or nothing where the report has none."""
+    iv = (r.get("intervals") or {}).get(key)
+    if iv is None:
+        return ""
+    if kind == "pct":
+        return f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+    return f" [{iv[0]:.2f}, {iv[1]:.2f}]"
 
 
 def _over(r: dict, key: str) -> str:
@@ -159,31 +250,37 @@ def markdown_summary(
     models: dict[str, dict] | None = None,
 ) -> str:
     """summary.md: what was evaluated, the sets as requested and as built, the metric table
-    (every figure with its denominator) and what each denominator counts."""
+    (every figure with its 95 % interval in brackets, where the summary has one, and its
+    denominator) and what each denominator counts."""
     names = list(reports)
+
+    def rate(value, key: str, den: bool = True):
+        return lambda r: _fmt(value(r)) + _ci(r, key) + (_over(r, key) if den else "")
+
+    false_ends = any("hesitation_false_ends" in r for r in reports.values())
     rows = [
+        ("turn-taking SR@3s", rate(lambda r: r["turn_taking"]["SR@3s"], "SR@3s")),
         (
-            "turn-taking SR@3s",
-            lambda r: _fmt(r["turn_taking"]["SR@3s"]) + _over(r, "SR@3s"),
+            "early-start rate",
+            rate(lambda r: r["turn_taking"]["early_start_rate"], "early_start_rate", False),
         ),
-        ("early-start rate", lambda r: _fmt(r["turn_taking"]["early_start_rate"])),
-        ("late rate", lambda r: _fmt(r["turn_taking"].get("late_rate"))),
-        ("no-response rate", lambda r: _fmt(r["turn_taking"]["no_response_rate"])),
+        ("late rate", rate(lambda r: r["turn_taking"].get("late_rate"), "late_rate", False)),
+        (
+            "no-response rate",
+            rate(lambda r: r["turn_taking"]["no_response_rate"], "no_response_rate", False),
+        ),
         (
             "latency mean / median (s)",
             lambda r: (
                 "–"
                 if not r["turn_taking"]["latency_s"]
-                else f"{r['turn_taking']['latency_s']['mean']:.2f} / "
+                else f"{r['turn_taking']['latency_s']['mean']:.2f}{_ci(r, 'latency_s', 's')} / "
                 f"{r['turn_taking']['latency_s']['median']:.2f}" + _over(r, "latency_s")
             ),
         ),
         (
             "speaking at interruption onset",
-            lambda r: (
-                _fmt(r["interruption"]["speaking_at_onset_rate"])
-                + _over(r, "speaking_at_onset_rate")
-            ),
+            rate(lambda r: r["interruption"]["speaking_at_onset_rate"], "speaking_at_onset_rate"),
         ),
         (
             "interruptions while not speaking (not in ISR)",
@@ -191,36 +288,46 @@ def markdown_summary(
                 "–"
                 if "not_speaking_at_onset" not in r["interruption"]
                 else f"{r['interruption']['not_speaking_at_onset']} of {r['interruption']['n']}"
-                f" ({_fmt(r['interruption']['not_speaking_at_onset_rate'])})"
+                f" ({_fmt(r['interruption']['not_speaking_at_onset_rate'])}"
+                f"{_ci(r, 'not_speaking_at_onset_rate')})"
             ),
         ),
-        (
-            "interruption ISR@2s",
-            lambda r: _fmt(r["interruption"]["ISR@2s"]) + _over(r, "ISR@2s"),
-        ),
+        ("interruption ISR@2s", rate(lambda r: r["interruption"]["ISR@2s"], "ISR@2s")),
         (
             "overlap mean / median / p90 (s)",
             lambda r: (
                 "–"
                 if not r["interruption"]["overlap_s"]
-                else "{mean:.2f} / {median:.2f} / {p90:.2f}".format(
-                    **r["interruption"]["overlap_s"]
-                )
+                else f"{r['interruption']['overlap_s']['mean']:.2f}{_ci(r, 'overlap_s', 's')}"
+                + " / {median:.2f} / {p90:.2f}".format(**r["interruption"]["overlap_s"])
                 + _over(r, "overlap_s")
             ),
         ),
         (
             "backchannel robustness",
-            lambda r: _fmt(r["backchannel_robustness"]) + _over(r, "backchannel_robustness"),
+            rate(lambda r: r["backchannel_robustness"], "backchannel_robustness"),
         ),
         (
             "hesitation robustness",
-            lambda r: _fmt(r["hesitation_robustness"]) + _over(r, "hesitation_robustness"),
+            rate(lambda r: r["hesitation_robustness"], "hesitation_robustness"),
         ),
-        (
-            "answer accuracy",
-            lambda r: _fmt(r["answer_accuracy"]) + _over(r, "answer_accuracy"),
+        *(
+            [
+                (
+                    "hesitation false ends per dialogue",
+                    lambda r: (
+                        "–"
+                        if (r.get("hesitation_false_ends") or {}).get("per_dialogue") is None
+                        else f"{r['hesitation_false_ends']['per_dialogue']:.2f}"
+                        + _ci(r, "hesitation_false_ends", "per")
+                        + _over(r, "hesitation_false_ends")
+                    ),
+                )
+            ]
+            if false_ends
+            else []
         ),
+        ("answer accuracy", rate(lambda r: r["answer_accuracy"], "answer_accuracy")),
         ("dialogues", lambda r: str(r["dialogues"])),
     ]
     lines = ["# Behaviour evaluation", ""]
@@ -236,6 +343,13 @@ def markdown_summary(
     ]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(get(reports[n]) for n in names) + " |")
+    boot = next((r["bootstrap"] for r in reports.values() if r.get("bootstrap")), None)
+    if boot:
+        lines += [
+            "",
+            f"In brackets: the {100 * boot['level']:.0f} % interval, a percentile bootstrap "
+            f"over the figure's dialogues ({boot['resamples']} resamples, seed {boot['seed']}).",
+        ]
     dens = reports[names[0]].get("denominators") if names else None
     if dens:
         lines += ["", "Denominators (n, or n of the set's dialogues):", ""]
@@ -246,8 +360,22 @@ def markdown_summary(
 MODEL_COLOURS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
+def latency_label(name: str, report: dict | None) -> str:
+    """The latency plot's legend entry: the name, and the report's mean latency of the SR@3s
+    successes with its 95 % interval where the report has them."""
+    lat = (report or {}).get("turn_taking", {}).get("latency_s")
+    if not lat:
+        return name
+    return f"{name}: mean {lat['mean']:.2f} s{_ci(report, 'latency_s', 's')} (successes)"
+
+
 def _plots(
-    out: Path, outcomes: dict[str, list[DialogueOutcome]], items, layout: BlockLayout, n: int
+    out: Path,
+    outcomes: dict[str, list[DialogueOutcome]],
+    items,
+    layout: BlockLayout,
+    n: int,
+    reports: dict[str, dict] | None = None,
 ) -> None:
     import matplotlib
 
@@ -258,14 +386,15 @@ def _plots(
     for name, outs in outcomes.items():
         lat = [o.latency_s for o in outs if o.latency_s is not None and o.scenario == "turn_taking"]
         if lat:
-            ax.hist(lat, bins=np.arange(-3, 6.01, 0.16), alpha=0.6, label=name)
+            label = latency_label(name, (reports or {}).get(name))
+            ax.hist(lat, bins=np.arange(-3, 6.01, 0.16), alpha=0.6, label=label)
     ax.axvline(0, color="k", lw=0.8)
     ax.axvline(3, color="k", lw=0.8, ls="--")
     ax.set_xlabel("response onset − turn end (s)")
     ax.set_ylabel("dialogues")
     ax.set_title("Turn-taking latency")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=120)
     plt.close(fig)
@@ -341,29 +470,43 @@ def timeline_plot(
     return rows
 
 
-# report.html: (label, the value in a summary, kind, its denominator's key)
+# report.html: (label, the value in a summary, kind, its denominator's key, its interval's key)
 HTML_ROWS = (
-    ("SR@3s", ("turn_taking", "SR@3s"), "pct", "SR@3s"),
-    ("early start", ("turn_taking", "early_start_rate"), "pct", None),
-    ("no response", ("turn_taking", "no_response_rate"), "pct", None),
-    ("mean latency", ("turn_taking", "latency_s", "mean"), "s", "latency_s"),
-    ("ISR@2s", ("interruption", "ISR@2s"), "pct", "ISR@2s"),
+    ("SR@3s", ("turn_taking", "SR@3s"), "pct", "SR@3s", "SR@3s"),
+    ("early start", ("turn_taking", "early_start_rate"), "pct", None, "early_start_rate"),
+    ("no response", ("turn_taking", "no_response_rate"), "pct", None, "no_response_rate"),
+    ("mean latency", ("turn_taking", "latency_s", "mean"), "s", "latency_s", "latency_s"),
+    ("ISR@2s", ("interruption", "ISR@2s"), "pct", "ISR@2s", "ISR@2s"),
     (
         "speaking at interruption onset",
         ("interruption", "speaking_at_onset_rate"),
         "pct",
         "speaking_at_onset_rate",
+        "speaking_at_onset_rate",
     ),
-    ("mean overlap", ("interruption", "overlap_s", "mean"), "s", "overlap_s"),
-    ("backchannel robustness", ("backchannel_robustness",), "pct", "backchannel_robustness"),
-    ("hesitation robustness", ("hesitation_robustness",), "pct", "hesitation_robustness"),
+    ("mean overlap", ("interruption", "overlap_s", "mean"), "s", "overlap_s", "overlap_s"),
+    (
+        "backchannel robustness",
+        ("backchannel_robustness",),
+        "pct",
+        "backchannel_robustness",
+        "backchannel_robustness",
+    ),
+    (
+        "hesitation robustness",
+        ("hesitation_robustness",),
+        "pct",
+        "hesitation_robustness",
+        "hesitation_robustness",
+    ),
     (
         "hesitation false ends",  # shown only where a summary has them
         ("hesitation_false_ends", "per_dialogue"),
         "per",
         "hesitation_false_ends",
+        "hesitation_false_ends",
     ),
-    ("answer accuracy", ("answer_accuracy",), "pct", "answer_accuracy"),
+    ("answer accuracy", ("answer_accuracy",), "pct", "answer_accuracy", "answer_accuracy"),
 )
 OPTIONAL_ROWS = {"hesitation false ends"}
 PLOTS = (
@@ -387,6 +530,7 @@ thead th { background: #f2f2f2; }
 td { text-align: right; font-variant-numeric: tabular-nums; }
 th[scope=row] { text-align: left; font-weight: normal; }
 .n, .note { color: #777; font-size: 0.85em; }
+.ci { color: #555; font-size: 0.85em; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .dialogue { border-top: 1px solid #ddd; padding: 0.5rem 0; }
 .dialogue h3 { margin: 0.3rem 0; font-size: 1rem; }
@@ -402,14 +546,16 @@ def _value(r: dict, path: tuple[str, ...]):
     return v
 
 
-def _cell(r: dict, path: tuple[str, ...], kind: str, den: str | None) -> str:
+def _cell(r: dict, path: tuple[str, ...], kind: str, den: str | None, ci: str) -> str:
     v = _value(r, path)
     if v is None:
         return "<td>–</td>"
     text = {"pct": f"{100 * v:.1f} %", "s": f"{v:.2f} s", "per": f"{v:.2f} per dialogue"}[kind]
     n = _over(r, den) if den else ""
+    iv = _ci(r, ci, kind)
     return (
         f"<td>{html.escape(text)}"
+        + (f'<span class="ci">{html.escape(iv)}</span>' if iv else "")
         + (f'<span class="n">{html.escape(n)}</span>' if n else "")
         + "</td>"
     )
@@ -424,14 +570,42 @@ def _metric_table(reports: dict[str, dict]) -> list[str]:
         + "</tr></thead>",
         "<tbody>",
     ]
-    for label, path, kind, den in HTML_ROWS:
+    for label, path, kind, den, ci in HTML_ROWS:
         if label in OPTIONAL_ROWS and all(path[0] not in r for r in reports.values()):
             continue
-        cells = "".join(_cell(r, path, kind, den) for r in reports.values())
+        cells = "".join(_cell(r, path, kind, den, ci) for r in reports.values())
         lines.append(f'<tr><th scope="row">{e(label)}</th>{cells}</tr>')
     cells = "".join(f"<td>{e(str(r.get('dialogues', '–')))}</td>" for r in reports.values())
     lines += [f'<tr><th scope="row">dialogues</th>{cells}</tr>', "</tbody>", "</table>"]
+    boot = next((r["bootstrap"] for r in reports.values() if r.get("bootstrap")), None)
+    if boot:
+        lines.append(
+            f'<p class="note">In brackets: the {100 * boot["level"]:.0f} % interval, a '
+            "percentile bootstrap over the figure's dialogues "
+            f"({boot['resamples']} resamples, seed {boot['seed']}).</p>"
+        )
     return lines
+
+
+def _paired_html(name: str, p: dict) -> list[str]:
+    e = html.escape
+    runs = p.get("runs", {})
+    a, b = runs.get("a", "a"), runs.get("b", "b")
+    head = ("figure", a, b, f"difference {b} − {a} [95 % interval]", "clear?")
+    return [
+        f"<h3>Paired: {e(name)} ({p['dialogues']} dialogues in both)</h3>",
+        '<table class="paired">',
+        "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead>",
+        "<tbody>",
+        *(
+            f'<tr><th scope="row">{e(row[0])}</th>'
+            + "".join(f"<td>{e(c)}</td>" for c in row[1:])
+            + "</tr>"
+            for row in paired_rows(p)
+        ),
+        "</tbody>",
+        "</table>",
+    ]
 
 
 def _sets_table(sets: dict[str, dict]) -> list[str]:
@@ -529,6 +703,8 @@ def write_html(
             *(f"<li>{e(x)}</li>" for x in check_lines(checks)),
             "</ul>",
         ]
+        for name, p in (checks.get("paired") or {}).items():
+            body += _paired_html(name, p)
     if sets:
         body += ["<h2>Evaluation sets</h2>", *_sets_table(sets)]
     body.append("<h2>Plots</h2>")

@@ -279,7 +279,12 @@ def behaviour_before_after(
     conf, init: Path, final: Path, spec, run_dir: Path, summary: dict
 ) -> dict:
     """Evaluate ``init`` (SFT) and ``final`` (DPO) on the same dialogues; write the report
-    (report.json and summary.md name both checkpoints: :func:`~bayling_duplex.model.checkpoint.describe`)."""
+    (report.json and summary.md name both checkpoints: :func:`~bayling_duplex.model.checkpoint.describe`).
+
+    ``result["paired"]``: :func:`~bayling_duplex.eval.comparison.compare` of the two on the
+    same dialogues (DPO − SFT, with the paired interval of each difference), also in
+    report.json's checks and as a table in summary.md."""
+    from bayling_duplex.eval.comparison import compare
     from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import markdown_summary, write_report
     from bayling_duplex.eval.runner import checkpoint_codec, evaluate_model
@@ -307,8 +312,17 @@ def behaviour_before_after(
         reports[label], outcomes[label], _ = evaluate_model(
             model, tok, vocab, spec.layout, items, conf.eval.decode, conf.eval.batch_size
         )
+    paired = compare(outcomes["sft"], outcomes["dpo"], names=("SFT", "DPO"))
     write_report(
-        run_dir, reports, outcomes, items, spec.layout, conf.eval.plots, evalsets.counts, models
+        run_dir,
+        reports,
+        outcomes,
+        items,
+        spec.layout,
+        conf.eval.plots,
+        evalsets.counts,
+        models,
+        checks={"paired": {"DPO vs SFT": paired}},
     )
     before, after = headline(reports["sft"]), headline(reports["dpo"])
     delta = {
@@ -319,7 +333,7 @@ def behaviour_before_after(
         after[k] is None or before[k] is None or after[k] >= before[k] - 1e-9
         for k in ("SR@3s", "ISR@2s")
     )
-    result = {"sft": before, "dpo": after, "delta": delta, "sr_isr_kept": kept}
+    result = {"sft": before, "dpo": after, "delta": delta, "sr_isr_kept": kept, "paired": paired}
     (run_dir / "summary.md").write_text(
         _markdown(summary, result, models)
         + "\n"
@@ -364,4 +378,13 @@ def _markdown(summary: dict, result: dict, models: dict | None = None) -> str:
     for key, better in HEADLINE:
         b, a, d = result["sft"][key], result["dpo"][key], result["delta"][key]
         lines.append(f"| {key} ({better} is better) | {fmt(b)} | {fmt(a)} | {fmt(d)} |")
+    if result.get("paired"):
+        from bayling_duplex.eval.report import paired_table
+
+        lines += [
+            "",
+            "## Paired: DPO vs SFT on the same dialogues",
+            "",
+            *paired_table(result["paired"], "SFT", "DPO"),
+        ]
     return "\n".join(lines) + "\n"

@@ -220,12 +220,14 @@ def test_dpo_defaults_of_the_generic_keys_are_kept():
         adam_beta2=0.999,  # transformers' default, which DPO ran with
     )
     sft = to_dataclass(_compose("sft", []), schemas.SftConfig)
+    # configs/sft.yaml sets the main job's epochs, evaluation and control weight
     assert (sft.optim.lr, sft.optim.adam_beta2, sft.train.epochs, sft.train.eval_steps) == (
         2e-3,
         0.98,
-        3.0,
-        250,
+        6.0,
+        0,
     )
+    assert sft.train.loss_weights.control == 2.0
 
 
 def test_importing_the_train_configs_imports_no_torch():

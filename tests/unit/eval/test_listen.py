@@ -203,7 +203,10 @@ def test_write_html_shows_the_table_sets_plots_and_players(tmp_path):
     header = re.search(r"<thead><tr><th>metric</th>(.*?)</tr></thead>", page).group(1)
     assert header == "<th>model</th><th>&lt;base&gt;</th>"
     row = re.search(r'<tr><th scope="row">SR@3s</th>(.*?)</tr>', page).group(1)
-    assert row == '<td>50.0 %<span class="n"> (n=4)</span></td><td>–</td>'
+    assert row == (
+        '<td>50.0 %<span class="ci"> [0.0, 100.0]</span><span class="n"> (n=4)</span></td>'
+        "<td>–</td>"
+    )
     for label, value in (
         ("early start", "25.0 %"),
         ("no response", "25.0 %"),

@@ -194,6 +194,9 @@ def test_eval_records_the_checkpoint_latest_resolved_to(tmp_path):
     assert f"`{real.resolve()}` — stage sft, data demo, init –, 12 steps" in md
     assert "the untrained backbone (model.kind=tiny" in md
     assert "| set | requested | built | relabelled | excluded |" in md
+    paired = report["model"]["checks"]["paired"]["model vs untrained"]
+    assert paired["runs"] == {"a": "untrained", "b": "model"} and paired["dialogues"] == 6
+    assert "### Paired: model vs untrained" in md
 
 
 def test_eval_names_a_missing_checkpoint(tmp_path):
@@ -230,7 +233,8 @@ def test_dpo_before_after_report_names_both_checkpoints(tmp_path):
         "pairs": {"train": {"kinds": {"late_start": 24}}},
     }
     result = behaviour_before_after(conf, init, final, FormatSpec(), run, summary)
-    assert set(result) == {"sft", "dpo", "delta", "sr_isr_kept"}
+    assert set(result) == {"sft", "dpo", "delta", "sr_isr_kept", "paired"}
+    assert result["paired"]["dialogues"] == 6 and result["paired"]["runs"]["b"] == "DPO"
     report = json.loads((run / "report.json").read_text())
     assert report["sft"]["checkpoint"]["path"] == str(init.resolve())
     assert report["sft"]["checkpoint"]["steps"] == 30
@@ -242,3 +246,7 @@ def test_dpo_before_after_report_names_both_checkpoints(tmp_path):
         f"- after (DPO): `{final.resolve()}` (stage dpo, data demo_dpo, init `{init}`, 2 steps)"
         in md
     )
+    # the paired comparison: in report.json's checks and as a table in summary.md
+    assert report["sft"]["checks"]["paired"]["DPO vs SFT"] == result["paired"]
+    assert "| figure | SFT | DPO | difference DPO − SFT [95 % interval] | clear? |" in md
+    assert "| SR@3s success (n=" in md and "% [" in md  # the metric table's intervals

@@ -257,7 +257,7 @@ def test_run_dpo_on_cpu_writes_the_checkpoint_and_the_before_after_report(sft_fi
     assert summary["steps"] == 2 and summary["pairs"]["train"]["pairs"] == 24
     assert "eval_rewards/accuracies" in summary
     behaviour = summary["behaviour"]
-    assert set(behaviour) == {"sft", "dpo", "delta", "sr_isr_kept"}
+    assert set(behaviour) == {"sft", "dpo", "delta", "sr_isr_kept", "paired"}
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report) == {"sft", "dpo"}
     assert "| SR@3s" in (tmp_path / "run" / "summary.md").read_text()
