@@ -66,7 +66,7 @@ def make_split_pairs(
 
         if codec is None:
             raise ValueError("pairs of a units recipe need the SFT checkpoint's codec")
-        speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed)
+        speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed, keep=8)
         mixer = speech_mixer(recipe, codec, speech)
 
         def render(t, script, ids):
@@ -87,8 +87,6 @@ def make_split_pairs(
         if len(rows["id"]) >= wanted:
             break
         records += 1
-        if speech is not None and records % 200 == 0:
-            speech.reset()  # the clips of earlier dialogues are not needed again
         if isinstance(record, RecordError):
             failures[record.reason] += 1
             rejected.append(record)

@@ -119,8 +119,12 @@ class LengthCodec:
 class SpeechDemo:
     """Synthesizes and codes the demo dialogues' speech, and serves the clips to the mixer."""
 
-    def __init__(self, cfg: SpeechConfig, codec, seed: int = 0) -> None:
+    def __init__(self, cfg: SpeechConfig, codec, seed: int = 0, keep: int | None = None) -> None:
+        """``keep``: hold the clips of only the ``keep`` scripts made last (None: until
+        :meth:`reset`), for readers that go through many dialogues once."""
         self.cfg = cfg
+        self.keep = keep
+        self._made: dict[str, list[ScriptTurn]] = {}  # script id -> its turns, oldest first
         self.codec = codec
         self.seed = seed
         self.frame_s = codec.samples_per_frame / codec.sample_rate
@@ -146,6 +150,7 @@ class SpeechDemo:
     def make_script(self, rid: str, pairs: list[tuple[str, str]], voice) -> Script:
         from bayling_duplex.audio.tts import synthesize
 
+        self._forget(rid)
         self.voices[rid] = voice
         turns = []
         for question, answer in pairs:
@@ -161,7 +166,16 @@ class SpeechDemo:
             )
             self._user[(rid, turn)] = utt.wav
             turns.append(turn)
+        self._made[rid] = turns
+        while self.keep is not None and len(self._made) > self.keep:
+            self._forget(next(iter(self._made)))
         return Script(rid, tuple(turns))
+
+    def _forget(self, rid: str) -> None:
+        for turn in self._made.pop(rid, ()):
+            self._user.pop((rid, turn), None)
+        self._bcs.pop(rid, None)
+        self.voices.pop(rid, None)
 
     def _answer(self, text: str) -> tuple[np.ndarray, tuple[int, ...]]:
         if text not in self._answers:
@@ -189,6 +203,7 @@ class SpeechDemo:
         self._user.clear()
         self._bcs.clear()
         self.voices.clear()
+        self._made.clear()
 
     # ------------------------------------------------------------------ the mixer's clip source
 

@@ -85,6 +85,16 @@ def test_a_script_is_spoken_and_its_clips_coded(codec) -> None:
         demo.user_clip(script.id, script.turns[0])
 
 
+def test_a_reader_of_many_dialogues_keeps_only_the_last_few(codec) -> None:
+    demo = SpeechDemo(SpeechConfig(), codec, seed=0, keep=2)
+    a, b, c = (demo.script("train", i) for i in range(3))
+    assert demo.user_clip(c.id, c.turns[0]) is not None
+    assert demo.user_clip(b.id, b.turns[0]) is not None and demo.backchannels(b.id)
+    with pytest.raises(KeyError):
+        demo.user_clip(a.id, a.turns[0])  # the oldest went
+    assert set(demo.voices) == {b.id, c.id}
+
+
 def _timeline(demo: SpeechDemo, scenario: str, index: int = 5):
     script = demo.script("train", index)
     spec = FormatSpec(BlockLayout(10, 5), demo.codec.silence_codes)
@@ -148,3 +158,24 @@ def test_trimming_removes_the_last_frame_of_each_turn(codec) -> None:
     for p, q, turn in zip(full, cut, script.turns, strict=True):
         assert len(q.wav) == min(len(p.wav), (len(turn.user_codes) - 1) * 1280)
         np.testing.assert_array_equal(q.wav, p.wav[: len(q.wav)])
+
+
+def test_pairs_of_the_speech_recipe_are_mixed_and_coded(codec, tiny_backbone) -> None:
+    """Preference pairs read more spoken dialogues than the clip store keeps (8), and
+    their user audio comes from the mixed microphone, as in the SFT build."""
+    from bayling_duplex.data.pair_build import make_split_pairs
+    from bayling_duplex.data.pairs import PairConfig
+    from bayling_duplex.data.recipe import SourceConfig
+
+    _, tok, vocab = tiny_backbone
+    recipe = _recipe()
+    recipe.train = SourceConfig(kind="demo", split="train", count=400)
+    spec = FormatSpec(BlockLayout(10, 5), codec.silence_codes)
+    rows, stats, _ = make_split_pairs(
+        recipe.train, 30, recipe, PairConfig(), tok, vocab, spec, codec
+    )
+    assert stats["pairs"] == 30 and len(set(rows["kind"])) >= 3
+    for prompt in rows["prompt_ids"]:
+        user = np.asarray(prompt).reshape(-1, 25)[:, :10] - vocab.audio_start_id
+        assert ((user >= 0) & (user < 32)).all()  # the 32-unit codec's codes
+    assert stats["records"] >= 30
