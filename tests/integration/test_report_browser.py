@@ -6,6 +6,7 @@ Skipped where Chromium, chromedriver or selenium is missing; nothing leaves 127.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -176,8 +177,11 @@ def test_report_page_loads_images_and_audio_in_chromium(browser, served, tmp_pat
     header = browser.find_elements(By.XPATH, "//table[@class='metrics']/thead//th")
     assert [h.text for h in header] == ["metric", "model", "untrained"]
     assert reports["model"]["turn_taking"]["SR@3s"] == pytest.approx(2 / 3, abs=1e-4)
-    assert cell("SR@3s", 1) == "66.7 % (n=3)" and cell("SR@3s", 2) == "0.0 % (n=3)"
-    assert cell("mean latency", 1) == "0.48 s (2 of 3)" and cell("mean latency", 2) == "–"
+    # each figure with its bootstrap interval and its denominator
+    assert cell("SR@3s", 1) == "66.7 % [0.0, 100.0] (n=3)"
+    assert cell("SR@3s", 2) == "0.0 % [0.0, 0.0] (n=3)"
+    assert re.fullmatch(r"0\.48 s \[0\.\d\d, 0\.\d\d\] \(2 of 3\)", cell("mean latency", 1))
+    assert cell("mean latency", 2) == "–"
     assert "tt-<1>" in browser.find_element(By.TAG_NAME, "body").text  # escaped, shown as text
 
     chrome, height = browser.execute_script(

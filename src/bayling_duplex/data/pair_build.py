@@ -48,7 +48,7 @@ class PairDataConfig:
 
 
 def make_split_pairs(
-    src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab, spec, codec=None
+    src, wanted: int, recipe, cfg: PairConfig, tokenizer, vocab, spec, codec=None, progress=True
 ) -> tuple:
     """``(columns, stats, rejections)``: ``wanted`` pairs from ``src`` (fewer if it runs out).
 
@@ -83,6 +83,9 @@ def make_split_pairs(
     rows = {c: [] for c in ("id", "kind", "decision_block", "shift_blocks", *PAIR_COLUMNS)}
     failures, kinds, rejected = Counter(), Counter(), []
     records, partner = 0, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=wanted, desc=f"pairs ({src.split})", unit="pair", disable=not progress)
     for record in read_records(src, reader, recipe.synthesis.seed, limits=recipe.record_limits()):
         if len(rows["id"]) >= wanted:
             break
@@ -109,6 +112,7 @@ def make_split_pairs(
             rejected.append(errs[-1])
             continue
         kinds[pair.kind] += 1
+        bar.update()
         for name, value in (
             ("id", pair.id),
             ("kind", pair.kind),
@@ -118,6 +122,7 @@ def make_split_pairs(
             rows[name].append(value)
         for name in PAIR_COLUMNS:
             rows[name].append(np.asarray(getattr(pair, name)).tolist())
+    bar.close()
     prompt_blocks = np.asarray(rows["decision_block"] or [0])
     stats = {
         "pairs": len(rows["id"]),
