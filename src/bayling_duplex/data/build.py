@@ -473,6 +473,8 @@ def turn_end_audit(shards, layout, vocab, max_rows: int = 2000) -> dict:
     final: Counter = Counter()
     rows = 0
     for ds in shards:
+        if rows >= max_rows:
+            break
         for row in ds.select_columns(["input_ids", "meta"]):
             if rows >= max_rows:
                 break
