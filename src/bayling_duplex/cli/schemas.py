@@ -115,7 +115,7 @@ class BuildConfig:
 class RenderConfig:
     """``python -m bayling_duplex.data render``: the block grid of one dialogue."""
 
-    source: str = "data/demo"  # a built dataset folder or a timelines .jsonl file
+    source: str = "data/speech_demo"  # a built dataset folder or a timelines .jsonl file
     split: str = "train"  # for a built dataset
     record: str | None = None  # record id; None: the index below
     index: int = 0
