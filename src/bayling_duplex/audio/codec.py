@@ -153,7 +153,38 @@ def silence_pattern(
     return SilencePattern(pattern, round(agreement, 6), len(frames))
 
 
-class GlmSpeechCodec:
+class MeasuredSilence:
+    """Silence codes *measured* from a codec: mix into a class with ``encode(wav)``,
+    ``frame_rate_hz``, ``samples_per_frame`` and ``name``."""
+
+    def measure_silence(self, seconds: float = 30.0) -> SilencePattern:
+        """Encode ``seconds`` of digital silence (zeros) and read its repeating pattern."""
+        import numpy as np
+
+        frames = max(8, round(seconds * self.frame_rate_hz))
+        codes = self.encode(np.zeros(frames * self.samples_per_frame, dtype=np.float32))
+        pattern = silence_pattern(codes)
+        if pattern.agreement < 1.0:
+            log.warning(
+                "%s: the codes of digital silence are not periodic: the best pattern "
+                "(%d codes) predicts %.1f%% of %d frames",
+                self.name,
+                len(pattern.codes),
+                100 * pattern.agreement,
+                pattern.measured_frames,
+            )
+        return pattern
+
+    @cached_property
+    def silence(self) -> SilencePattern:
+        return self.measure_silence()
+
+    @property
+    def silence_codes(self) -> tuple[int, ...]:
+        return self.silence.codes
+
+
+class GlmSpeechCodec(MeasuredSilence):
     """GLM-4-Voice's 12.5 Hz speech tokenizer behind the codec interface.
 
     Waveforms are mono float32 at :attr:`sample_rate` (16 kHz); a waveform of
@@ -213,28 +244,3 @@ class GlmSpeechCodec:
     def encode(self, wav: np.ndarray) -> tuple[int, ...]:
         """Codes of one 16 kHz waveform ``(samples,)``."""
         return self.encode_many([wav])[0]
-
-    def measure_silence(self, seconds: float = 30.0) -> SilencePattern:
-        """Tokenize ``seconds`` of digital silence (zeros) and read its repeating pattern."""
-        import numpy as np
-
-        frames = max(8, round(seconds * self.frame_rate_hz))
-        codes = self.encode(np.zeros(frames * self.samples_per_frame, dtype=np.float32))
-        pattern = silence_pattern(codes)
-        if pattern.agreement < 1.0:
-            log.warning(
-                "the codes of digital silence are not periodic: the best pattern (%d codes) "
-                "predicts %.1f%% of %d frames",
-                len(pattern.codes),
-                100 * pattern.agreement,
-                pattern.measured_frames,
-            )
-        return pattern
-
-    @cached_property
-    def silence(self) -> SilencePattern:
-        return self.measure_silence()
-
-    @property
-    def silence_codes(self) -> tuple[int, ...]:
-        return self.silence.codes

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bayling_duplex.audio.codec import SilencePattern, silence_pattern
+from bayling_duplex.audio.codec import MeasuredSilence
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def kmeans(
     return centroids
 
 
-class UnitCodec:
+class UnitCodec(MeasuredSilence):
     """Log-mel k-means units at 12.5 Hz behind the codec interface; see the module docstring.
 
     Build one with :meth:`fit` or :meth:`load`. ``mean`` and ``std`` ``(2 * n_mels,)``
@@ -273,29 +273,6 @@ class UnitCodec:
     @property
     def name(self) -> str:
         return f"units-v{UNITS_VERSION}-{self.num_codes}-{self.fingerprint}"
-
-    def measure_silence(self, seconds: float = 30.0) -> SilencePattern:
-        """Encode ``seconds`` of digital silence (zeros) and read its repeating pattern."""
-        frames = max(8, round(seconds * self.frame_rate_hz))
-        pattern = silence_pattern(self.encode(np.zeros(frames * SAMPLES_PER_FRAME, np.float32)))
-        if pattern.agreement < 1.0:
-            log.warning(
-                "%s: digital silence is not periodic: the best pattern (%d codes) predicts "
-                "%.1f%% of %d frames",
-                self.name,
-                len(pattern.codes),
-                100 * pattern.agreement,
-                pattern.measured_frames,
-            )
-        return pattern
-
-    @cached_property
-    def silence(self) -> SilencePattern:
-        return self.measure_silence()
-
-    @property
-    def silence_codes(self) -> tuple[int, ...]:
-        return self.silence.codes
 
     def features(self, wav: np.ndarray) -> torch.Tensor:
         """Unstandardised features ``(ceil(len(wav) / 1280), 2 * n_mels)`` of a 16 kHz waveform."""
