@@ -246,9 +246,6 @@ class FileClips:
             raise RecordError(rid, "no_audio", f"backchannel {text!r} has no audio")
         return self._clip(rid, self.backchannels[text])
 
-    def noise(self, path: str) -> np.ndarray:
-        return self._audio(path)
-
 
 @dataclass
 class Mixed:
@@ -283,6 +280,8 @@ class WaveformMixer:
         )
         if cfg.noise_dir and not self._noise_files:
             raise FileNotFoundError(f"recipe.waveform.noise_dir {cfg.noise_dir} holds no audio")
+        # noise recordings belong to the mixer, whatever the clips come from
+        self._noise_audio = lru_cache(maxsize=16)(self._read_noise)
 
     @classmethod
     def for_recipe(cls, recipe) -> WaveformMixer | None:
@@ -361,12 +360,17 @@ class WaveformMixer:
             assistant.append(Placement(r.start_frame, wav, r.end_frame - r.start_frame))
         return user, assistant, pauses
 
+    def _read_noise(self, path: str) -> np.ndarray:
+        from bayling_duplex.audio.whisper_vq import load_audio
+
+        return load_audio(path, self.codec.sample_rate)
+
     def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if not self._noise_files:
             colours = self.cfg.noise_colours
             return coloured_noise(n, colours[int(rng.integers(len(colours)))], rng)
         path = self._noise_files[int(rng.integers(len(self._noise_files)))]
-        noise = self.clips.noise(str(path))
+        noise = self._noise_audio(str(path))
         if noise.size == 0:
             return rng.standard_normal(n).astype(np.float32)
         start = int(rng.integers(len(noise)))

@@ -179,3 +179,18 @@ def test_pairs_of_the_speech_recipe_are_mixed_and_coded(codec, tiny_backbone) ->
         user = np.asarray(prompt).reshape(-1, 25)[:, :10] - vocab.audio_start_id
         assert ((user >= 0) & (user < 32)).all()  # the 32-unit codec's codes
     assert stats["records"] >= 30
+
+
+def test_noise_recordings_mix_into_spoken_dialogues(codec, tmp_path) -> None:
+    """recipe.waveform.noise_dir works whatever the clips come from (the mixer reads it)."""
+    import soundfile as sf
+
+    t_s = np.arange(16000 * 2) / 16000
+    sf.write(tmp_path / "hum.wav", 0.1 * np.sin(2 * np.pi * 440 * t_s), 16000)
+    demo = SpeechDemo(SpeechConfig(), codec, seed=0)
+    script, t = _timeline(demo, "turn_taking")
+    clean = speech_mixer(_recipe(), codec, demo).mix(t, script)
+    recipe = _recipe(noise_prob=1.0, snr_db=[10.0, 10.0], noise_dir=str(tmp_path))
+    noise = speech_mixer(recipe, codec, demo).mix(t, script).user - clean.user
+    spectrum = np.abs(np.fft.rfft(noise))
+    assert abs(np.argmax(spectrum) * 16000 / len(noise) - 440) < 2  # the recording's hum
