@@ -97,12 +97,12 @@ def _init_worker(
     )
     if recipe.codec.kind == "units":  # the real-speech demo: synthesized, mixed, coded
         from bayling_duplex.audio.units import UnitCodec
-        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+        from bayling_duplex.data.speech_demo import speech_pipeline
 
         codec = UnitCodec.load(codec_dir)
-        _W["speech"] = _W["codec"] = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed)
+        _W["speech"], _W["mixer"] = speech_pipeline(recipe, codec)
+        _W["codec"] = _W["speech"]  # the source reader asks it for the spoken scripts
         _W["backchannels"] = ()  # per dialogue, in its user's voice
-        _W["mixer"] = speech_mixer(recipe, codec, _W["speech"])
         return
     from bayling_duplex.audio.codec import ToyCodec
 

@@ -62,12 +62,11 @@ def make_split_pairs(
     speech = render = None
     if recipe.codec.kind == "units":
         from bayling_duplex.data.build import whole_blocks
-        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+        from bayling_duplex.data.speech_demo import speech_pipeline
 
         if codec is None:
             raise ValueError("pairs of a units recipe need the SFT checkpoint's codec")
-        speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed, keep=8)
-        mixer = speech_mixer(recipe, codec, speech)
+        speech, mixer = speech_pipeline(recipe, codec, keep=8)
 
         def render(t, script, ids):
             return mixer.render(whole_blocks(t, ids, spec), script)

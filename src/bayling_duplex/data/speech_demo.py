@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bayling_duplex.data.demo import BACKCHANNELS, _stable, demo_id, demo_picks
-from bayling_duplex.format.records import Script, ScriptTurn
+from bayling_duplex.format.records import RecordError, Script, ScriptTurn
 
 log = logging.getLogger(__name__)
 CODEC_DIR = "codec"  # the fitted codec's folder inside a built dataset
@@ -218,10 +218,14 @@ class SpeechDemo:
         return self._bcs[rid][text][0]
 
 
-def speech_mixer(recipe, codec, speech: SpeechDemo):
+def speech_pipeline(recipe, codec, seed: int | None = None, keep: int | None = None):
+    """``(speech, mixer)``: the spoken dialogues of ``recipe`` (voices seeded by ``seed``,
+    default the recipe's synthesis seed) and the mixer that places their clips, with the
+    recipe's noise and echo, and codes the channels with ``codec``."""
     from bayling_duplex.data.mixer import WaveformMixer
 
-    return WaveformMixer(recipe.waveform, codec, speech, recipe.synthesis.seed)
+    speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed if seed is None else seed, keep)
+    return speech, WaveformMixer(recipe.waveform, codec, speech, recipe.synthesis.seed)
 
 
 # --------------------------------------------------------------------------- the codec
@@ -237,8 +241,7 @@ def fitting_audio(recipe, seconds: float, progress: bool = False) -> list[np.nda
 
     codec = LengthCodec()
     spec = FormatSpec(recipe.format.spec_layout(), codec.silence_codes)  # placement only
-    speech = SpeechDemo(recipe.speech, codec, recipe.synthesis.seed)
-    mixer = speech_mixer(recipe, codec, speech)
+    speech, mixer = speech_pipeline(recipe, codec)
     wavs, total, i = [], 0.0, 0
     bar = tqdm(total=round(seconds), desc="codec fitting audio", unit="s", disable=not progress)
     while total < seconds:
@@ -249,7 +252,7 @@ def fitting_audio(recipe, seconds: float, progress: bool = False) -> list[np.nda
         ids = [[0] * max(1, len(t.assistant_text) // 4) for t in script.turns]  # text length only
         try:
             t = synthesize(script, ids, scenario, recipe.synthesis, spec, bcs)
-        except Exception:  # a placement that does not fit: skip it (this is fitting audio)
+        except RecordError:  # a placement that does not fit: skip it (this is fitting audio)
             continue
         mixed = mixer.mix(t, script)
         wavs += [mixed.user, mixed.assistant]

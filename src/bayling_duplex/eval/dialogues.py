@@ -112,7 +112,7 @@ class _SpeechDialogues:
 
     def __init__(self, cfg: EvalSetConfig, codec, recipe, trim_end_frames: int = 0) -> None:
         from bayling_duplex.data.demo import answer_key, qa_pairs
-        from bayling_duplex.data.speech_demo import SpeechDemo, speech_mixer
+        from bayling_duplex.data.speech_demo import speech_pipeline
 
         if codec is None:
             raise ValueError("evalset.source=speech_demo needs the checkpoint's codec")
@@ -120,8 +120,7 @@ class _SpeechDialogues:
         self.codec = codec
         self.pairs = qa_pairs(cfg.split)
         self.keys = [answer_key(a) for _, a in self.pairs]
-        self.speech = SpeechDemo(recipe.speech, codec, cfg.seed)
-        self.mixer = speech_mixer(recipe, codec, self.speech)
+        self.speech, self.mixer = speech_pipeline(recipe, codec, seed=cfg.seed)
         self.trim = trim_end_frames
 
     def __len__(self) -> int:

@@ -8,13 +8,12 @@ import pytest
 pytest.importorskip("espeakng_loader")
 
 from bayling_duplex.audio.units import UnitCodec, UnitCodecConfig
-from bayling_duplex.data.mixer import WaveformConfig, coloured_noise
+from bayling_duplex.data.mixer import WaveformConfig, WaveformMixer, coloured_noise
 from bayling_duplex.data.recipe import CodecConfig, RecipeConfig
 from bayling_duplex.data.speech_demo import (
     LengthCodec,
     SpeechConfig,
     SpeechDemo,
-    speech_mixer,
     word_ends,
 )
 from bayling_duplex.data.synthesis import SynthesisConfig, synthesize
@@ -58,6 +57,11 @@ def codec() -> UnitCodec:
 
     recipe = _recipe()
     return UnitCodec.fit(fitting_audio(recipe, 60.0), UnitCodecConfig(num_codes=32, iters=8))
+
+
+def speech_mixer(recipe: RecipeConfig, codec, demo: SpeechDemo) -> WaveformMixer:
+    """The recipe's mixer over the clips ``demo`` already made."""
+    return WaveformMixer(recipe.waveform, codec, demo, recipe.synthesis.seed)
 
 
 def _recipe(**waveform) -> RecipeConfig:
