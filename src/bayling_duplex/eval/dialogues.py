@@ -96,6 +96,9 @@ class _CodeDialogues:
     def backchannels(self, rid: str) -> tuple:
         return self.clips
 
+    def reset(self) -> None:
+        """Nothing held per dialogue."""
+
     def user_channel(self, t, script, end: int, spec: FormatSpec, placed: str):
         codes = np.concatenate([np.asarray(t.user_codes), spec.silence(t.num_frames, end)])
         pause = None
@@ -132,6 +135,10 @@ class _SpeechDialogues:
 
     def backchannels(self, rid: str) -> tuple:
         return self.speech.backchannels(rid)
+
+    def reset(self) -> None:
+        """Drop the clips of the set just built."""
+        self.speech.reset()
 
     def user_channel(self, t, script, end: int, spec: FormatSpec, placed: str):
         from dataclasses import replace
@@ -315,8 +322,7 @@ def build_eval_sets(
             )
             if wav is not None:
                 audio.append(wav)
-        if isinstance(source, _SpeechDialogues):
-            source.speech.reset()
+        source.reset()
     return EvalSets(out, counts, audio or None)
 
 

@@ -168,11 +168,9 @@ def run_dpo(conf, run_dir: Path) -> dict:
     if conf.lora.enabled:
         check_lora_targets(model, conf.lora)  # before the pairs are made
     # 2. pairs made with this tokenizer and format
-    codec = None
-    if checkpoint.codec_dir(init) is not None:  # pairs coded by the SFT data's codec
-        from bayling_duplex.audio.units import UnitCodec
+    from bayling_duplex.eval.runner import checkpoint_codec
 
-        codec = UnitCodec.load(checkpoint.codec_dir(init))
+    codec = checkpoint_codec(init)  # pairs coded by the SFT data's codec (None: a fixed codec)
     train_ds, eval_ds, manifest = load_pairs(conf, tokenizer, vocab, spec, codec)
     # 3. reference: a frozen copy, unless LoRA (adapters off) or precomputed log-probs
     ref = None
