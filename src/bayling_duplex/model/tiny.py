@@ -11,7 +11,8 @@ It has GLM-4-Voice's token layout, scaled down:
 The duplex control tokens are *not* in it: the vocabulary extension adds them,
 so the tiny path exercises the same code as the real checkpoint. The model is
 transformers' native ``GlmForCausalLM`` (the architecture the real checkpoint
-is converted into), a few hundred thousand parameters by default.
+is converted into): a few hundred thousand parameters at ``TinyConfig``'s defaults,
+1.2 M at the main job's size (``configs/model/tiny.yaml``).
 """
 
 from __future__ import annotations
