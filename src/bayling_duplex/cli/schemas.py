@@ -92,6 +92,18 @@ class DpoConfig:
     dpo: DpoSettings = field(default_factory=DpoSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval: DpoEvalConfig = field(default_factory=DpoEvalConfig)
+    # rounds of roll out (the current policy) -> pairs -> train; each round in round_<n>/
+    # (1: the run folder itself). More than one needs pairs.source on_policy or mix.
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and self.pairs.source == "gold":
+            raise ValueError(
+                "rounds > 1 needs pairs.source=on_policy or mix: gold pairs do not depend on "
+                "the policy, so a second round would train on the same pairs again"
+            )
 
 
 @dataclass

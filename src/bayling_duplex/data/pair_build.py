@@ -18,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bayling_duplex.data.onpolicy import OnPolicyConfig
 from bayling_duplex.data.pairs import PairConfig, pair_from_script, pair_from_timeline
 
 log = logging.getLogger("bayling_duplex.pair_data")
 PAIR_BUILDER_VERSION = 1  # bump when the pairs made from the same inputs change
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask")
+# gold: perturbations of the reference dialogue; on_policy: the policy's own continuations
+# at its decision blocks (data/onpolicy.py); mix: both, concatenated
+PAIR_SOURCES = ("gold", "on_policy", "mix")
 
 
 @dataclass
@@ -30,14 +34,18 @@ class PairDataConfig:
     """The built pairs: where, how many, and how they are made (sources: ``data.recipe``)."""
 
     path: str = "data/speech_demo_dpo"
-    train: int = 1500  # pairs from the recipe's train source
+    source: str = "gold"  # gold | on_policy | mix (PAIR_SOURCES)
+    train: int = 1500  # gold pairs from the recipe's train source
     heldout: int = 100  # pairs from its heldout source: rewards on unseen pairs (0: none)
     # the build fails when more than this share of the source records it read gave no pair
     max_reject_share: float = 0.25
     overwrite: bool = False  # replace pairs built for another configuration
     make: PairConfig = field(default_factory=PairConfig)
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
     def __post_init__(self) -> None:
+        if self.source not in PAIR_SOURCES:
+            raise ValueError(f"pairs.source must be one of {PAIR_SOURCES}, got {self.source!r}")
         if self.train < 1 or self.heldout < 0:
             raise ValueError("pairs.train must be >= 1 and pairs.heldout >= 0")
         if not 0 <= self.max_reject_share <= 1:
@@ -270,4 +278,36 @@ def load_pairs(conf, tokenizer, vocab, spec, codec=None):
     heldout = (
         datasets.load_from_disk(str(out / "heldout")) if "heldout" in manifest["splits"] else None
     )
+    return train, heldout, manifest
+
+
+def combine_pair_sets(sets: dict[str, tuple]) -> tuple:
+    """``(train, heldout or None, manifest)`` of several pair sets, concatenated.
+
+    ``sets``: source name -> ``(train, heldout, manifest)``. The datasets keep the columns
+    every pair set has (``id``, ``kind``, ``decision_block``, ``shift_blocks`` and the pair
+    columns); the manifest lists each source's and the combined counts by kind."""
+    import datasets
+
+    keep = ["id", "kind", "decision_block", "shift_blocks", *PAIR_COLUMNS]
+
+    def cat(parts):
+        parts = [p.select_columns(keep) for p in parts if p is not None]
+        return datasets.concatenate_datasets(parts) if parts else None
+
+    train = cat([s[0] for s in sets.values()])
+    heldout = cat([s[1] for s in sets.values()])
+    splits = {}
+    for split, ds in (("train", train), ("heldout", heldout)):
+        if ds is not None:
+            kinds = Counter(ds["kind"])
+            splits[split] = {"pairs": len(ds), "kinds": dict(sorted(kinds.items()))}
+    manifest = {
+        "name": "+".join(m["name"] for _, _, m in sets.values()),
+        "sources": {
+            k: {"name": m["name"], "path": m.get("path"), "splits": m["splits"]}
+            for k, (_, _, m) in sets.items()
+        },
+        "splits": splits,
+    }
     return train, heldout, manifest

@@ -150,32 +150,100 @@ def dpo_arguments(conf, run_dir: Path, has_eval: bool):
 
 
 def run_dpo(conf, run_dir: Path) -> dict:
-    """Train; write ``final/``, ``summary.json`` and the before/after report into ``run_dir``."""
-    from bayling_duplex.data.load import manifest_format
+    """Train ``conf.rounds`` rounds; write ``final/``, ``summary.json`` and the before/after
+    report into ``run_dir`` (one round: the round *is* the run folder; more: ``round_<n>/``
+    each, ``final/`` a copy of the last round's, and the rounds side by side)."""
     from bayling_duplex.model import checkpoint
-    from bayling_duplex.model.checkpoint import CheckpointMeta
     from bayling_duplex.runtime import is_main_process, write_json
-    from bayling_duplex.train.hf_args import check_lora_targets, configure_wandb, finish_wandb
-    from bayling_duplex.train.sft_trainer import RunLoss, StopOnInterrupt, train_resumable
+    from bayling_duplex.train.hf_args import configure_wandb, finish_wandb
 
     run_dir = Path(run_dir)
     finish_wandb()  # an earlier job of this process (a sweep) may have left its run open
     configure_wandb(conf.run.wandb, run_dir)
-    # 1. the SFT checkpoint, its tokenizer and its format
     init = checkpoint.resolve(conf.init, "sft")
+    if conf.rounds == 1:
+        summary = train_round(conf, init, init, run_dir, 1, {})
+        finish_wandb()
+        return summary
+    policy, rounds, sft_eval = init, [], {}
+    for n in range(1, conf.rounds + 1):
+        round_dir = run_dir / f"round_{n}"
+        done = round_dir / "summary.json"
+        if conf.run.resume and done.is_file() and (round_dir / "final" / "duplex.json").is_file():
+            log.info("round %d is complete in %s: continuing from its final/", n, round_dir)
+            summary = json.loads(done.read_text())
+        else:
+            summary = train_round(conf, init, policy, round_dir, n, sft_eval)
+        rounds.append(summary)
+        policy = round_dir / "final"
+    summary = {
+        "stage": "dpo",
+        "run_dir": str(run_dir),
+        "init": str(init),
+        "rounds": [_round_line(r) for r in rounds],
+        "checkpoint": str(run_dir / "final"),
+    }
+    if is_main_process():
+        import shutil
+
+        shutil.rmtree(run_dir / "final", ignore_errors=True)
+        shutil.copytree(policy, run_dir / "final")
+        write_json(run_dir / "summary.json", summary)
+        (run_dir / "summary.md").write_text(_rounds_markdown(summary, rounds))
+        print("DPO rounds: " + json.dumps(summary["rounds"], indent=1))
+    finish_wandb()
+    return summary
+
+
+def _round_line(r: dict) -> dict:
+    keep = (
+        "round",
+        "policy",
+        "steps",
+        "train_pairs",
+        "train_seconds",
+        "pair_seconds",
+        "checkpoint",
+    )
+    line = {k: r.get(k) for k in keep}
+    if r.get("behaviour"):
+        line["headline"] = r["behaviour"]["dpo"]
+        line["paired"] = r["behaviour"].get("paired")
+    return line
+
+
+def train_round(
+    conf, init: Path, policy: Path, run_dir: Path, round_no: int, sft_eval: dict
+) -> dict:
+    """One round: pairs (of ``policy`` where on-policy), TRL's DPO from ``policy`` against a
+    frozen copy of it, ``final/``, and the behaviour of ``init`` (SFT) and ``final`` on the
+    same held-out dialogues. ``sft_eval`` caches the SFT side between rounds."""
+    import time
+
+    from bayling_duplex.eval.runner import checkpoint_codec
+    from bayling_duplex.model import checkpoint
+    from bayling_duplex.model.checkpoint import CheckpointMeta
+    from bayling_duplex.runtime import is_main_process, write_json
+    from bayling_duplex.train.hf_args import check_lora_targets
+    from bayling_duplex.train.sft_trainer import RunLoss, StopOnInterrupt, train_resumable
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # 1. the policy (round 1: the SFT checkpoint), its tokenizer and its format
     spec = checkpoint.read_format(init)
-    model, tokenizer, vocab = load_init(init, conf)
+    model, tokenizer, vocab = load_init(policy, conf)
     if conf.lora.enabled:
         check_lora_targets(model, conf.lora)  # before the pairs are made
-    # 2. pairs made with this tokenizer and format
-    from bayling_duplex.eval.runner import checkpoint_codec
-
-    codec = checkpoint_codec(init)  # pairs coded by the SFT data's codec (None: a fixed codec)
-    train_ds, eval_ds, manifest = load_pairs(conf, tokenizer, vocab, spec, codec)
+    # 2. pairs made with this tokenizer and format, coded by the SFT data's codec
+    t0 = time.perf_counter()
+    codec = checkpoint_codec(init)
+    train_ds, eval_ds, manifest = pair_sets(
+        conf, model, tokenizer, vocab, spec, codec, init, policy
+    )
+    pair_seconds = time.perf_counter() - t0
     # 3. reference: a frozen copy, unless LoRA (adapters off) or precomputed log-probs
     ref = None
     if not conf.lora.enabled and not conf.dpo.precompute_ref:
-        ref = load_init(init, conf)[0].eval().requires_grad_(False)
+        ref = load_init(policy, conf)[0].eval().requires_grad_(False)
     # 4. TRL's trainer on our pairs
     args = dpo_arguments(conf, run_dir, eval_ds is not None)
     run_loss, interrupt = RunLoss(), StopOnInterrupt()
@@ -200,20 +268,24 @@ def run_dpo(conf, run_dir: Path) -> dict:
     trainer.save_model(str(run_dir / "adapter" if conf.lora.enabled else final))
     summary = {
         "stage": "dpo",
+        "round": round_no,
         "run_dir": str(run_dir),
         "init": str(init),
+        "policy": str(policy),
+        "pair_source": conf.pairs.source,
         "steps": trainer.state.global_step,
         "resumed_from": str(resume) if resume else None,
         # the mean over every step of the run, resumed or not
         "train_loss": run_loss.train_loss(result.training_loss, trainer.state.global_step),
         "train_seconds": round(seconds, 1),
+        "pair_seconds": round(pair_seconds, 1),
         "train_pairs": len(train_ds),
         "pairs": {s: {k: v[k] for k in ("pairs", "kinds")} for s, v in manifest["splits"].items()},
+        "pair_sources": manifest.get("sources"),
         **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
         "checkpoint": str(final),
     }
     if not is_main_process():
-        finish_wandb()
         return summary
     # rank 0 alone loads plain models from here on; under ZeRO-3, transformers would
     # otherwise partition them at load time, a collective the other ranks never join
@@ -221,24 +293,43 @@ def run_dpo(conf, run_dir: Path) -> dict:
 
     unset_hf_deepspeed_config()
     if conf.lora.enabled:
-        merge_adapter(init, run_dir / "adapter", final, conf)
+        merge_adapter(policy, run_dir / "adapter", final, conf)
     tokenizer.save_pretrained(final)
-    codec = checkpoint.read_meta(init).codec
-    if codec:  # the SFT checkpoint's codec travels on
+    codec_info = checkpoint.read_meta(init).codec
+    if codec_info:  # the SFT checkpoint's codec travels on
         checkpoint.copy_codec(checkpoint.codec_dir(init), final)
-    checkpoint.write_meta(
-        final,
-        CheckpointMeta(manifest_format(manifest), manifest["name"], "dpo", str(init), codec),
-    )
+    data_name = manifest["name"]
+    checkpoint.write_meta(final, CheckpointMeta(spec, data_name, "dpo", str(policy), codec_info))
     # 7. behaviour before and after, on the same held-out dialogues
     if conf.eval.enabled:
-        summary["behaviour"] = behaviour_before_after(conf, init, final, spec, run_dir, summary)
+        summary["behaviour"] = behaviour_before_after(
+            conf, init, final, spec, run_dir, summary, sft_eval
+        )
     summary["log_history"] = trainer.state.log_history
     write_json(run_dir / "summary.json", summary)
     short = {k: v for k, v in summary.items() if k != "log_history"}
     print("DPO summary: " + json.dumps(short, indent=1))
-    finish_wandb()
     return summary
+
+
+def pair_sets(conf, model, tokenizer, vocab, spec, codec, init: Path, policy: Path):
+    """``(train, heldout, manifest)`` of ``pairs.source``: the gold-perturbation pairs, the
+    on-policy pairs of ``policy``, or both concatenated."""
+    from bayling_duplex.data.pair_build import combine_pair_sets
+
+    sets = {}
+    if conf.pairs.source in ("gold", "mix"):
+        sets["gold"] = load_pairs(conf, tokenizer, vocab, spec, codec)
+    if conf.pairs.source in ("on_policy", "mix"):
+        from bayling_duplex.data.onpolicy import load_onpolicy_pairs
+        from bayling_duplex.model import checkpoint
+
+        sft_codec = checkpoint.read_meta(init).codec
+        sets["on_policy"] = load_onpolicy_pairs(conf, model, vocab, spec, policy, sft_codec)
+    if len(sets) == 1:
+        ((train, heldout, manifest),) = sets.values()
+        return train, heldout, manifest
+    return combine_pair_sets(sets)
 
 
 def merge_adapter(init: Path, adapter: Path, final: Path, conf) -> None:
@@ -274,14 +365,15 @@ def headline(report: dict) -> dict[str, float | None]:
 
 
 def behaviour_before_after(
-    conf, init: Path, final: Path, spec, run_dir: Path, summary: dict
+    conf, init: Path, final: Path, spec, run_dir: Path, summary: dict, cache: dict | None = None
 ) -> dict:
     """Evaluate ``init`` (SFT) and ``final`` (DPO) on the same dialogues; write the report
     (report.json and summary.md name both checkpoints: :func:`~bayling_duplex.model.checkpoint.describe`).
 
     ``result["paired"]``: :func:`~bayling_duplex.eval.comparison.compare` of the two on the
     same dialogues (DPO − SFT, with the paired interval of each difference), also in
-    report.json's checks and as a table in summary.md."""
+    report.json's checks and as a table in summary.md. ``cache`` keeps the SFT side (and
+    the dialogues) between rounds."""
     from bayling_duplex.eval.comparison import compare
     from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import markdown_summary, write_report
@@ -291,8 +383,12 @@ def behaviour_before_after(
 
     # final/'s summary.json is written after this report: its steps come from this run
     models = {"sft": describe(init), "dpo": {**describe(final), "steps": summary.get("steps")}}
-    reports, outcomes, evalsets = {}, {}, None
+    cache = {} if cache is None else cache
+    reports, outcomes, evalsets = {}, {}, cache.get("evalsets")
     for label, path in (("sft", init), ("dpo", final)):
+        if label == "sft" and "sft" in cache:
+            reports["sft"], outcomes["sft"] = cache["sft"]
+            continue
         model, tok, vocab = (
             load_init(path, conf)
             if label == "sft"
@@ -305,11 +401,15 @@ def behaviour_before_after(
                 lambda t, tk=tok: tk(t, add_special_tokens=False)["input_ids"],
                 codec=checkpoint_codec(init),
             )
+            cache["evalsets"] = evalsets
         items = evalsets.items
         log.info("behaviour evaluation of %s (%s) on %d dialogues", label, path, len(items))
         reports[label], outcomes[label], _ = evaluate_model(
             model, tok, vocab, spec.layout, items, conf.eval.decode, conf.eval.batch_size
         )
+        if label == "sft":
+            cache["sft"] = (reports["sft"], outcomes["sft"])
+    items = evalsets.items
     paired = compare(outcomes["sft"], outcomes["dpo"], names=("SFT", "DPO"))
     write_report(
         run_dir,
@@ -352,7 +452,8 @@ def _markdown(summary: dict, result: dict, models: dict | None = None) -> str:
         )
 
     lines = [
-        "# DPO: before (SFT) and after",
+        f"# DPO{' round ' + str(summary['round']) if summary.get('round', 1) > 1 else ''}: "
+        "before (SFT) and after",
         "",
         f"- init: `{summary['init']}`; {summary['steps']} steps on {summary['train_pairs']} pairs "
         f"({summary['train_seconds']} s); pairs by kind: {summary['pairs']['train']['kinds']}",
@@ -385,4 +486,37 @@ def _markdown(summary: dict, result: dict, models: dict | None = None) -> str:
             "",
             *paired_table(result["paired"], "SFT", "DPO"),
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _rounds_markdown(summary: dict, rounds: list[dict]) -> str:
+    """The rounds side by side: each round's headline figures and its paired change vs SFT."""
+    lines = [
+        f"# DPO: {len(rounds)} rounds from `{summary['init']}`",
+        "",
+        "Each round rolls out the policy it starts from, makes its pairs and trains against a "
+        "frozen copy of that policy; every round is evaluated against the SFT checkpoint on "
+        "the same held-out dialogues (`round_<n>/summary.md` has each round's full report).",
+        "",
+    ]
+    heads = [r.get("behaviour", {}).get("dpo") for r in rounds]
+    if all(heads):
+        sft = rounds[0]["behaviour"]["sft"]
+        lines += [
+            "| metric | SFT | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
+            "|---|---|" + "---|" * len(rounds),
+        ]
+
+        def fmt(v):
+            return "–" if v is None else f"{v:.3f}"
+
+        for key, better in HEADLINE:
+            row = [fmt(sft[key])] + [fmt(h[key]) for h in heads]
+            lines.append(f"| {key} ({better} is better) | " + " | ".join(row) + " |")
+    lines += ["", "| round | pairs | pair build (s) | train (s) | steps |", "|---|---|---|---|---|"]
+    for r in rounds:
+        lines.append(
+            f"| {r['round']} | {r['train_pairs']} | {r.get('pair_seconds')} | "
+            f"{r['train_seconds']} | {r['steps']} |"
+        )
     return "\n".join(lines) + "\n"
