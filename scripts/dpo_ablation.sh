@@ -6,8 +6,10 @@
 #   scripts/dpo_ablation.sh [run.name=ablation] [init=runs/sft/default/final] [other overrides]
 set -euo pipefail
 name=ablation
+rest=()
 for arg in "$@"; do
-  case "$arg" in run.name=*) name="${arg#run.name=}" ;; esac
+  case "$arg" in run.name=*) name="${arg#run.name=}" ;; *) rest+=("$arg") ;; esac
 done
-python -m bayling_duplex.train dpo --multirun pairs.source=gold,on_policy,mix "run.name=$name" "$@"
+python -m bayling_duplex.train dpo --multirun pairs.source=gold,on_policy,mix "run.name=$name" \
+  ${rest[@]+"${rest[@]}"}
 python -m bayling_duplex.cli.ablation "runs/dpo/sweeps/$name"
