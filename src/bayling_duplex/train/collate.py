@@ -7,14 +7,27 @@ Padding (``DuplexCollator(pack=False)``), example with two rows of lengths 3 and
     attention_mask                  ->  [[1, 1, 1], [1, 1, 0]]
     position_ids                    ->  [[0, 1, 2], [0, 1, 0]]
 
-Packing (``pack=True``) concatenates the batch's dialogues into one row,
-position ids restarting per dialogue, and a block-diagonal causal 4-D mask
-(``attention_mask[b, 0, q, k]`` is True where ``k <= q`` in the same dialogue)
-so no dialogue attends to another::
+Packing (``pack=True``) concatenates the batch's dialogues into one row, position
+ids restarting per dialogue, so no dialogue attends to another::
 
     input_ids [[a, b, c, d, e]]   position_ids [[0, 1, 2, 0, 1]]
 
-Sequences of one batch come from a length-grouped sampler, so padding waste is small.
+How the model sees the boundaries is ``attention`` (``train.pack_attention``):
+
+* ``"position_ids"`` — nothing more, no attention mask at all (as transformers'
+  ``DataCollatorWithFlattening``): transformers finds the dialogues where the
+  position ids restart, and hands them to flash-attention's variable-length
+  kernels (``cu_seqlens``) or to flex attention as a block mask; sdpa and eager
+  build their mask inside the forward. The batch holds nothing of size ``L × L``.
+* ``"mask"`` — a block-diagonal causal 4-D mask, additive (``attention_mask[b, 0, q, k]``
+  is 0 where ``k <= q`` in the same dialogue, the float32 minimum elsewhere): ``L²``
+  floats in the batch, for models that do not read boundaries from position ids
+  (the eager fallback). Additive, not boolean: transformers hands a 4-D mask to the
+  attention as it is, and eager attention adds it to the scores (a boolean one
+  would mask nothing there); sdpa takes either.
+
+:func:`pack_attention` chooses for ``"auto"``. Sequences of one batch come from a
+length-grouped sampler, so padding waste is small.
 """
 
 from __future__ import annotations
@@ -24,18 +37,41 @@ from dataclasses import dataclass
 import torch
 
 from bayling_duplex.format.interleave import TokenClass
+from bayling_duplex.train.output_layer import unwrap
+
+PACK_ATTENTIONS = ("position_ids", "mask")
+
+
+def pack_attention(model, setting: str = "auto") -> str:
+    """``"position_ids"`` or ``"mask"`` for ``train.pack_attention=setting`` and ``model``.
+
+    ``auto``: the dense mask for eager attention (its reference path) and for a model
+    outside transformers' own classes (remote code may ignore where position ids
+    restart); position ids for sdpa, flash-attention and flex attention.
+    """
+    if setting != "auto":
+        return setting
+    base = unwrap(model)
+    native = type(base).__module__.startswith("transformers.models.")
+    attn = getattr(base.config, "_attn_implementation", None)
+    return "position_ids" if native and attn != "eager" else "mask"
 
 
 @dataclass
 class DuplexCollator:
     pad_id: int
     pack: bool = False
+    attention: str = "mask"  # packing only: PACK_ATTENTIONS (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.attention not in PACK_ATTENTIONS:
+            raise ValueError(f"attention must be one of {PACK_ATTENTIONS}, got {self.attention!r}")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
         cls = [torch.as_tensor(r["classes"], dtype=torch.int8) for r in rows]
         if self.pack:
-            return pack(ids, cls)
+            return pack(ids, cls, dense_mask=self.attention == "mask")
         n = max(len(x) for x in ids)
         out_ids = torch.full((len(ids), n), self.pad_id, dtype=torch.long)
         out_cls = torch.full((len(ids), n), TokenClass.USER_AUDIO, dtype=torch.int8)
@@ -54,24 +90,30 @@ class DuplexCollator:
         }
 
 
-def pack(ids: list[torch.Tensor], cls: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """All dialogues in one row with a block-diagonal causal mask (see the module docstring)."""
-    total = sum(len(x) for x in ids)
-    doc = torch.cat([torch.full((len(x),), i) for i, x in enumerate(ids)])
+def pack(
+    ids: list[torch.Tensor], cls: list[torch.Tensor], dense_mask: bool = True
+) -> dict[str, torch.Tensor]:
+    """All dialogues in one row, position ids restarting per dialogue; with ``dense_mask``
+    also the block-diagonal causal 4-D mask (see the module docstring)."""
     pos = torch.cat([torch.arange(len(x)) for x in ids])
-    causal = torch.ones(total, total, dtype=torch.bool).tril()
-    mask = causal & (doc[:, None] == doc[None, :])
     classes = torch.cat(cls)
     # the first token of each dialogue is never a target of the previous one
     starts = torch.cumsum(torch.tensor([0] + [len(x) for x in ids[:-1]]), 0)
     classes = classes.clone()
     classes[starts] = TokenClass.USER_AUDIO
-    return {
-        "input_ids": torch.cat(ids)[None],
-        "classes": classes[None],
-        "attention_mask": mask[None, None],
-        "position_ids": pos[None],
-    }
+    out = {"input_ids": torch.cat(ids)[None], "classes": classes[None], "position_ids": pos[None]}
+    if dense_mask:
+        allowed = block_diagonal_mask([len(x) for x in ids])
+        additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        out["attention_mask"] = additive[None, None]
+    return out
+
+
+def block_diagonal_mask(lengths: list[int]) -> torch.Tensor:
+    """``[L, L]`` bool, True where key ``k <= q`` lies in query ``q``'s dialogue."""
+    doc = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    causal = torch.ones(len(doc), len(doc), dtype=torch.bool).tril()
+    return causal & (doc[:, None] == doc[None, :])
 
 
 def real_token_share(lengths: list[int], batch_size: int, pack: bool = False) -> float:

@@ -60,6 +60,18 @@ SCHEDULERS = (
     "greedy",
 )
 
+# ``train.loss_impl``: how the SFT loss meets the output layer (train/linear_ce.py).
+# chunked: the output layer applied at target positions only, a slice of the vocabulary at
+# a time, never the full logits (portable PyTorch, the default); liger: Liger-Kernel's fused
+# linear cross-entropy on a CUDA device when it is installed (else chunked, with a warning);
+# full: the model's full logits and a plain cross-entropy, as before (for comparison).
+LOSS_IMPLS = ("chunked", "liger", "full")
+# ``train.pack_attention``: how a packed row keeps its dialogues apart (train/collate.py).
+# position_ids: no mask, position ids restarting per dialogue (flash / flex / sdpa kernels
+# find the boundaries); mask: a dense block-diagonal 4-D mask (the eager fallback); auto:
+# mask for eager attention or a model outside transformers, position_ids otherwise.
+PACK_ATTENTION = ("auto", "position_ids", "mask")
+
 
 # ----------------------------------------------------------------------------- both stages
 
@@ -190,6 +202,7 @@ class SftTrainConfig(TrainConfig):
 
     group_by_length: bool = True  # batches of similar length (little padding)
     pack: bool = False  # several dialogues per row, attention kept inside each dialogue
+    pack_attention: str = "auto"  # PACK_ATTENTION: auto, position_ids, mask
     eval_dialogues: int = 200  # held-out dialogues for the held-out losses
     # behaviour evaluation (SR@3s, ISR@2s …) on this many held-out dialogues at each
     # evaluation, split over the four sets; 0 turns it off
@@ -197,9 +210,19 @@ class SftTrainConfig(TrainConfig):
     # stop (after saving a checkpoint) at this step: simulates a run that dies, for resume tests
     stop_after_steps: int | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    loss_impl: str = "chunked"  # LOSS_IMPLS: chunked, liger, full
+    # assistant-audio targets normalised over the audio ids only, text-channel targets over
+    # the other ids (the decoder's masks); off: every target over the whole vocabulary
+    channel_softmax: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"train.loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
+        if self.pack_attention not in PACK_ATTENTION:
+            raise ValueError(
+                f"train.pack_attention must be one of {PACK_ATTENTION}, got {self.pack_attention!r}"
+            )
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ValueError(
                 f"train.stop_after_steps must be >= 1 or null, got {self.stop_after_steps}"

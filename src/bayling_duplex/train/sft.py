@@ -56,7 +56,7 @@ def run_sft(conf, run_dir: Path) -> dict:
     from bayling_duplex.model.backbone import load_backbone
     from bayling_duplex.model.checkpoint import CheckpointMeta, copy_codec, write_meta
     from bayling_duplex.runtime import is_main_process, write_json
-    from bayling_duplex.train.collate import DuplexCollator
+    from bayling_duplex.train.collate import DuplexCollator, pack_attention
     from bayling_duplex.train.sft_trainer import (
         DuplexTrainer,
         RunLoss,
@@ -100,10 +100,18 @@ def run_sft(conf, run_dir: Path) -> dict:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=DuplexCollator(pad_id=vocab.silence_id, pack=conf.train.pack),
+        data_collator=DuplexCollator(
+            pad_id=vocab.silence_id,
+            pack=conf.train.pack,
+            attention=pack_attention(model, conf.train.pack_attention),
+        ),
         processing_class=tokenizer,
         callbacks=callbacks,
         loss_weights=conf.train.loss_weights.table(),
+        loss_impl=conf.train.loss_impl,
+        audio_columns=(
+            (vocab.audio_start_id, vocab.audio_end_id) if conf.train.channel_softmax else None
+        ),
     )
     run_loss.trainer = trainer
     if behaviour is not None:

@@ -4,7 +4,8 @@ callbacks both stages add to their trainer.
 Two methods of :class:`DuplexTrainer` are overridden, nothing else:
 
 * :meth:`DuplexTrainer.compute_loss` — the class-weighted loss of format §5
-  instead of the model's plain CE (the collator passes ``classes``).
+  instead of the model's plain CE (the collator passes ``classes``), by default
+  without the full logits (:class:`~bayling_duplex.train.loss.DuplexLoss`).
 * :meth:`DuplexTrainer.evaluate` — held-out loss split by channel (text
   channel vs assistant audio), which the stock loop cannot report.
 
@@ -25,22 +26,36 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from bayling_duplex.train.loss import channel_loss_sums, weighted_loss
+from bayling_duplex.train.loss import DuplexLoss, resolve_impl
+from bayling_duplex.train.output_layer import check_hidden_state_forward
 
 log = logging.getLogger("bayling_duplex.train")
 
 
 class DuplexTrainer(Trainer):
-    def __init__(self, *args, loss_weights: torch.Tensor, **kwargs) -> None:
+    """``loss_impl`` is ``train.loss_impl`` (chunked, liger, full); ``audio_columns`` the
+    audio ids ``(start, end)`` when ``train.channel_softmax`` is on, else None."""
+
+    def __init__(
+        self,
+        *args,
+        loss_weights: torch.Tensor,
+        loss_impl: str = "chunked",
+        audio_columns: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_weights = loss_weights
+        impl = resolve_impl(loss_impl, self.args.device, audio_columns)
+        if impl != "full":
+            check_hidden_state_forward(self.model)
+        self.duplex_loss = DuplexLoss(loss_weights, impl, audio_columns)
         # our loss is a per-micro-batch mean: let the Trainer divide by the accumulation steps
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         classes = inputs.pop("classes")
-        outputs = model(**inputs, use_cache=False)
-        loss = weighted_loss(outputs.logits, inputs["input_ids"], classes, self.loss_weights)
+        loss, outputs = self.duplex_loss(model, inputs, classes)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
@@ -56,14 +71,10 @@ class DuplexTrainer(Trainer):
             inputs = self._prepare_inputs(inputs)
             classes = inputs.pop("classes")
             with self.compute_loss_context_manager():
-                logits = model(**inputs, use_cache=False).logits
-            for k, v in channel_loss_sums(logits, inputs["input_ids"], classes).items():
+                figures = self.duplex_loss.figures(model, inputs, classes)
+            weighted += figures.pop("weighted").detach().float()
+            for k, v in figures.items():
                 totals[k] = totals.get(k, 0) + v.detach().float()
-            weighted += (
-                weighted_loss(logits, inputs["input_ids"], classes, self.loss_weights)
-                .detach()
-                .float()
-            )
             batches += 1
         keys = sorted(totals)
         stacked = torch.stack(

@@ -56,7 +56,7 @@ def test_collator_packs_with_block_diagonal_mask():
     assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     # the second dialogue's first token is not a target of the first dialogue
     assert b["classes"].tolist() == [[0, 1, 4, 0, 3]]
-    m = b["attention_mask"][0, 0].int().tolist()
+    m = (b["attention_mask"][0, 0] == 0).int().tolist()  # additive: 0 where attended
     assert m == [
         [1, 0, 0, 0, 0],
         [1, 1, 0, 0, 0],
