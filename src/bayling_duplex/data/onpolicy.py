@@ -271,8 +271,12 @@ def make_onpolicy_pairs(
     prompts = [gold[p.row][: p.d * L] for p in points]
     users = [chans[p.row].user_codes[p.d * B : (p.d + N) * B].reshape(N, B) for p in points]
     log.info("%d decision blocks in %d dialogues", len(points), len(rows))
-    g_cont = continue_prompts(greedy, prompts, users, 1, cfg.seed, cfg.batch_size)
-    s_cont = continue_prompts(sampler, prompts, users, cfg.samples, cfg.seed, cfg.batch_size)
+    g_cont = continue_prompts(
+        greedy, prompts, users, 1, cfg.seed, cfg.batch_size, _label("greedy", progress)
+    )
+    s_cont = continue_prompts(
+        sampler, prompts, users, cfg.samples, cfg.seed, cfg.batch_size, _label("sampled", progress)
+    )
     t2 = time.perf_counter()
     # 3. rewards, 4. pairs
     cols = {
@@ -382,6 +386,10 @@ def make_onpolicy_pairs(
         "blocks_per_s": round((greedy_blocks + cont_blocks) / max(t2 - t0, 1e-9), 1),
     }
     return cols, stats, skips
+
+
+def _label(kind: str, progress: bool) -> str | None:
+    return f"continuations ({kind})" if progress else None
 
 
 def window_reward_words(prompt_slots, window_slots, d, vocab, layout) -> list[int]:

@@ -44,6 +44,7 @@ def continue_prompts(
     repeats: int = 1,
     seed: int = 0,
     max_batch: int = 256,
+    progress: str | None = None,
 ) -> list[Continuation]:
     """Decode ``repeats`` continuations of each prompt; in order of prompt, then repeat.
 
@@ -51,7 +52,10 @@ def continue_prompts(
     ``user_blocks[i]``: the user's speech codes of the continuation's blocks, ``[N_i, B]``.
     Prompts of the same ``(d, N)`` are decoded together; the draws of a batch come from
     one generator seeded with ``seed`` plus the batch's index, so a call is reproducible.
+    ``progress``: the label of a progress bar over the rows (None: no bar).
     """
+    from tqdm.auto import tqdm
+
     lay, vocab = decoder.layout, decoder.vocab
     L, B, T = lay.block_len, lay.frames_per_block, lay.slots_per_block
     if repeats < 1 or max_batch < 1:
@@ -68,6 +72,7 @@ def continue_prompts(
     out: dict[tuple[int, int], Continuation] = {}
     rows_all = [(i, r) for key in sorted(groups) for i in groups[key] for r in range(repeats)]
     batch_no = 0
+    bar = tqdm(total=len(rows_all), desc=progress, unit="rollout", disable=progress is None)
     for (d, n), members in sorted(groups.items()):
         rows = [(i, r) for i in members for r in range(repeats)]
         for lo in range(0, len(rows), max_batch):
@@ -95,5 +100,7 @@ def continue_prompts(
                 out[(i, r)] = Continuation(
                     i, r, text[row].astype(np.int64), audio[row].astype(np.int64)
                 )
+            bar.update(len(chunk))
+    bar.close()
     assert len(out) == len(rows_all)
     return [out[(i, r)] for i in range(len(prompts)) for r in range(repeats)]
