@@ -20,6 +20,7 @@ from bayling_duplex.eval.dialogues import EvalSetConfig
 from bayling_duplex.format.spec import FormatConfig
 from bayling_duplex.format.vocab import VocabConfig
 from bayling_duplex.model.backbone import ModelConfig
+from bayling_duplex.serve.config import ServeConfig
 from bayling_duplex.train.config import (
     DpoEvalConfig,
     DpoSettings,
@@ -170,6 +171,7 @@ ROOTS: dict[str, type] = {
     "build": BuildConfig,
     "render": RenderConfig,
     "eval": EvalConfig,
+    "serve": ServeConfig,
 }
 GROUPS: dict[str, type] = {
     "recipe": RecipeConfig,
