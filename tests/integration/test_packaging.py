@@ -100,6 +100,8 @@ def test_wheel_ships_every_config_and_recipe(wheel):
             assert zf.read(f"{IN_WHEEL}/{rel}") == (REPO / rel).read_bytes(), rel
     assert "bayling_duplex/resources/tiny_corpus.txt" in names
     assert "bayling_duplex/resources/demo_text.txt" in names
+    page = {"index.html", "app.js", "capture.js"}  # the live server's browser page
+    assert {f"bayling_duplex/serve/page/{f}" for f in page} <= names
     assert not any(n.startswith("bayling_duplex/conf/") for n in names)
 
 
