@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from browser_helpers import headless_chromium
 
 from bayling_duplex.eval.listen import write_listening
 from bayling_duplex.eval.metrics import EvalItem, judge, summarize
@@ -22,43 +21,13 @@ from bayling_duplex.eval.report import write_report
 from bayling_duplex.format.interleave import ResponseEvent
 from bayling_duplex.format.layout import BlockLayout
 
-CHROMIUM = "/usr/bin/chromium"
-INSTALL = "apt-get install -y chromium chromium-driver"
 SR = 16000
 L = BlockLayout(10, 5)
 
 
-def _chromedriver() -> str:
-    found = shutil.which("chromedriver")
-    if found:
-        return found
-    if Path("/usr/bin/chromedriver").is_file():
-        return "/usr/bin/chromedriver"
-    pytest.skip(f"chromedriver is not installed (install it with: {INSTALL})")
-
-
 @pytest.fixture
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (install it with: {INSTALL})")
-    driver_path = _chromedriver()
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip(f"selenium is not installed (pip install selenium; and {INSTALL})")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--autoplay-policy=no-user-gesture-required",
-        "--window-size=1100,900",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    driver.set_page_load_timeout(20)
+    driver = headless_chromium("--window-size=1100,900")
     try:
         yield driver
     finally:

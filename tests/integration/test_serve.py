@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
@@ -26,6 +25,7 @@ from serve_helpers import (
     tiny_speech_checkpoint,
     user_audio,
 )
+from speech_helpers import one_torch_thread
 
 from bayling_duplex.decode.decoder import DuplexDecoder
 from bayling_duplex.serve.client import run_session, save_session
@@ -35,10 +35,8 @@ SR = 16000
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

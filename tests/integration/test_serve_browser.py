@@ -6,7 +6,6 @@ Skipped where Chromium, chromedriver or selenium is missing (install them with
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 pytest.importorskip("uvicorn")
 
+from browser_helpers import headless_chromium
 from serve_helpers import (
     running_server,
     serve_conf,
@@ -24,38 +24,15 @@ from serve_helpers import (
     user_audio,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-INSTALL = "apt-get install -y chromium chromium-driver"
-
 
 def chrome(wav: Path):
     """A headless Chromium whose microphone plays ``wav`` once (WebDriver), or a skip."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (install it with: {INSTALL})")
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not Path(driver_path).is_file():
-        pytest.skip(f"chromedriver is not installed (install it with: {INSTALL})")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip(f"selenium is not installed (pip install selenium; and {INSTALL})")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--autoplay-policy=no-user-gesture-required",
+    return headless_chromium(
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}%noloop",
         "--window-size=1150,820",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    driver.set_page_load_timeout(20)
-    return driver
+    )
 
 
 def test_the_page_talks_through_a_fake_microphone(tmp_path):

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from serve_helpers import talkative
+from speech_helpers import one_torch_thread
 
 from bayling_duplex.decode.config import DecodeConfig
 from bayling_duplex.decode.decoder import DuplexDecoder
@@ -22,10 +22,8 @@ B = LAYOUT.frames_per_block
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
