@@ -21,6 +21,7 @@ ARGS = [
     "data=demo",
     "run.wandb.mode=disabled",
     *TINY_MODEL,
+    "pairs.source=gold",
     "pairs.train=16",
     "pairs.heldout=4",
     "train.max_steps=2",

@@ -21,6 +21,7 @@ TINY = [
     "data=demo",
     "run.wandb.mode=disabled",
 ]
+GOLD = "pairs.source=gold"  # these runs train on gold pairs; on-policy: test_dpo_onpolicy.py
 SMALL_RUN = [
     "pairs.train=24",
     "pairs.heldout=8",
@@ -67,7 +68,7 @@ def pairs(sft_final):
 
 def dpo_conf(sft_final, tmp_path, *extra: str):
     return compose_conf(
-        "dpo", [*TINY, f"init={sft_final}", f"pairs.path={tmp_path / 'pairs'}", *extra]
+        "dpo", [*TINY, GOLD, f"init={sft_final}", f"pairs.path={tmp_path / 'pairs'}", *extra]
     )
 
 

@@ -84,13 +84,13 @@ def test_mix_concatenates_gold_and_on_policy_pairs(setup, tmp_path):
         ("pairs.source=both", "pairs.source"),
         ("pairs.onpolicy.samples=0", "pairs.onpolicy.samples"),
         ("pairs.onpolicy.rewards.stop=-1", "rewards"),
-        ("rounds=2", "rounds"),  # gold pairs: a second round would repeat the first
+        ("pairs.source=gold rounds=2", "rounds"),  # a second gold round would repeat the first
         ("rounds=0", "rounds"),
     ],
 )
 def test_bad_values_fail_naming_the_key(setup, tmp_path, override, key):
     with pytest.raises(Exception, match=key):
-        conf_of(setup, tmp_path, override)
+        conf_of(setup, tmp_path, *override.split())
 
 
 def test_on_policy_pairs_refuse_data_of_another_codec(setup, tmp_path):
