@@ -93,7 +93,8 @@ def ablation(runs: list[Path], baseline: str | None = None, resamples: int = 200
     }
 
 
-def _cell(f: dict) -> str:
+def difference_cell(f: dict) -> str:
+    """One paired difference as a table cell: value [interval], **better**/**worse** if clear."""
     if f["difference"] is None:
         return "–"
     scale, unit = (100, " pts") if f["kind"] == "rate" else (1, "")
@@ -124,7 +125,7 @@ def markdown(result: dict) -> str:
         f0 = first["figures"][name]
         scale = 100 if f0["kind"] == "rate" else 1
         sft = "–" if f0["a"] is None else f"{f0['a'] * scale:.2f}"
-        cells = [_cell(c["figures"][name]) for c in result["vs_sft"].values()]
+        cells = [difference_cell(c["figures"][name]) for c in result["vs_sft"].values()]
         lines.append(
             f"| {FIGURES[name].label} ({f0['better']}) | {sft} | " + " | ".join(cells) + " |"
         )
@@ -137,7 +138,7 @@ def markdown(result: dict) -> str:
             "|---|" + "---|" * len(result["vs_baseline"]),
         ]
         for name in TABLE_FIGURES:
-            cells = [_cell(c["figures"][name]) for c in result["vs_baseline"].values()]
+            cells = [difference_cell(c["figures"][name]) for c in result["vs_baseline"].values()]
             better = first["figures"][name]["better"]
             lines.append(f"| {FIGURES[name].label} ({better}) | " + " | ".join(cells) + " |")
     lines += ["", "Runs:", *[f"- {r['label']}: `{r['path']}`" for r in result["runs"]]]

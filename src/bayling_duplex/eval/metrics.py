@@ -139,6 +139,9 @@ def judge_times(
             ((s, e) for s, e, _ in responses if s <= u_s and (e is None or e > u_s)), None
         )
         out.speaking_at_interruption = playing is not None
+        B = layout.frames_per_block
+        onset = item.turns[1][0]
+        out.extra["interruption_frames_before_cut"] = int((onset // B + 1) * B - onset)
         if playing is not None:
             stop = playing[1]
             out.overlap_s = None if stop is None else stop - u_s
@@ -154,6 +157,8 @@ def judge_times(
             # still playing one block after the onset: a block-aligned model that stops at
             # the cut, or a cascade that stops any time within that block, was cut by it
             out.backchannel_kept = playing[1] is None or playing[1] > b_s + B * fr
+            # frames of it heard before the cut: all a block-aligned model has to go on
+            out.extra["backchannel_frames_before_cut"] = int(cut - item.backchannel[0])
     if item.pause is not None:
         p_s = item.pause[0] * fr
         out.false_ends = sum(p_s <= s < t_end for s, _, _ in responses)

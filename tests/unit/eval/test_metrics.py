@@ -53,6 +53,7 @@ def test_interruption_success_and_overlap():
     item = EvalItem("i", "interruption", 100, ((0, 18), (36, 55)))
     ok = judge(item, [ev(10, 15)], never_correct, L)
     assert ok.speaking_at_interruption and ok.interrupted_ok and ok.overlap_s == pytest.approx(0.32)
+    assert ok.extra["interruption_frames_before_cut"] == 4  # frames 36..39 heard before the cut
     late = judge(
         item, [ev(10, 40)], never_correct, L
     )  # slot 40 = block 8: 7.2 s, 4.32 s after the onset
@@ -70,7 +71,11 @@ def test_backchannel_and_hesitation():
     assert (
         judge(bc, [ev(10, 16)], never_correct, L).backchannel_kept is True
     )  # 3.36 s: past the cut
-    assert judge(bc, [ev(10, 15)], never_correct, L).backchannel_kept is False  # stopped like a cut
+    cut = judge(bc, [ev(10, 15)], never_correct, L)
+    assert cut.backchannel_kept is False  # stopped like a cut
+    assert cut.extra["backchannel_frames_before_cut"] == 10  # onset on a boundary: a whole block
+    late = EvalItem("l", "backchannel", 100, ((0, 18),), backchannel=(38, 41), answer_end=58)
+    assert judge(late, [ev(10, 40)], never_correct, L).extra["backchannel_frames_before_cut"] == 2
     natural = EvalItem("n", "backchannel", 100, ((0, 18),), backchannel=(30, 33), answer_end=39)
     assert judge(natural, [ev(10, 15)], never_correct, L).backchannel_kept is None  # not telling
     hes = EvalItem("h", "hesitation", 100, ((0, 40),), pause=(12, 24))
