@@ -159,6 +159,7 @@ def judge_times(
             out.backchannel_kept = playing[1] is None or playing[1] > b_s + B * fr
             # frames of it heard before the cut: all a block-aligned model has to go on
             out.extra["backchannel_frames_before_cut"] = int(cut - item.backchannel[0])
+            out.extra["backchannel_frames"] = int(item.backchannel[1] - item.backchannel[0])
     if item.pause is not None:
         p_s = item.pause[0] * fr
         out.false_ends = sum(p_s <= s < t_end for s, _, _ in responses)

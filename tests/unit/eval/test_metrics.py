@@ -74,6 +74,7 @@ def test_backchannel_and_hesitation():
     cut = judge(bc, [ev(10, 15)], never_correct, L)
     assert cut.backchannel_kept is False  # stopped like a cut
     assert cut.extra["backchannel_frames_before_cut"] == 10  # onset on a boundary: a whole block
+    assert cut.extra["backchannel_frames"] == 3
     late = EvalItem("l", "backchannel", 100, ((0, 18),), backchannel=(38, 41), answer_end=58)
     assert judge(late, [ev(10, 40)], never_correct, L).extra["backchannel_frames_before_cut"] == 2
     natural = EvalItem("n", "backchannel", 100, ((0, 18),), backchannel=(30, 33), answer_end=39)
