@@ -164,6 +164,7 @@ def judge_times(
         p_s = item.pause[0] * fr
         out.false_ends = sum(p_s <= s < t_end for s, _, _ in responses)
         out.hesitation_kept = out.false_ends == 0
+        out.extra["pause_frames"] = int(item.pause[1] - item.pause[0])
     return out
 
 

@@ -84,6 +84,7 @@ def test_backchannel_and_hesitation():
         judge(hes, [ev(10, 14)], never_correct, L).hesitation_kept is False
     )  # 2.4 s: inside the turn
     assert judge(hes, [ev(30, 34)], never_correct, L).hesitation_kept is True
+    assert judge(hes, [], never_correct, L).extra["pause_frames"] == 12
 
 
 def test_summary_rates():
