@@ -57,7 +57,7 @@ def evaluate_model(
         r = results[i]
         events = response_events(r.text_ids, vocab)
         o = judge(item, events, is_correct, layout)
-        o.extra = {
+        o.extra |= {
             "item": asdict(item),
             "responses": [
                 [

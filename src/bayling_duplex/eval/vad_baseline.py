@@ -229,7 +229,7 @@ def run_vad_baselines(
                 resp = cascade_responses(is_speech, hop_s, th, answers)
                 times = [(s, e, None) for s, e in resp]
                 o = judge_times(item, times, None, layout)
-                o.extra = {"item": asdict(item), "responses": [[s, e, None] for s, e in resp]}
+                o.extra |= {"item": asdict(item), "responses": [[s, e, None] for s, e in resp]}
                 outcomes[f"{det.name}-{round(th * 1000)}ms"].append(o)
             bar.update(1)
     bar.close()

@@ -148,6 +148,11 @@ def test_eval_command_on_untrained_model(tmp_path):
     out = tmp_path / "runs" / "eval" / "t"
     report = json.loads((out / "report.json").read_text())
     assert report["untrained"]["summary"]["dialogues"] == 6
+    by_set = {d["scenario"]: d for d in report["untrained"]["dialogues"]}
+    # the judge's own extras survive beside the item and the responses
+    assert {"item", "responses", "pause_frames"} <= set(by_set["hesitation"]["extra"])
+    if "interruption" in by_set:
+        assert "interruption_frames_before_cut" in by_set["interruption"]["extra"]
     assert "SR@3s" in (out / "summary.md").read_text()
     assert (out / "latency.png").stat().st_size > 0 and (out / "timelines.png").stat().st_size > 0
 
