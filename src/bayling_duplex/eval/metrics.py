@@ -300,6 +300,7 @@ def summarize(outcomes: list[DialogueOutcome], resamples: int = 2000, seed: int 
             "answer_accuracy": _den(len(keyed), "dialogues with an answer key (first turn)"),
         },
         "intervals": intervals,
+        "by_evidence": by_evidence(outcomes, resamples, seed),
         "bootstrap": {
             "level": 0.95,
             "resamples": resamples,
@@ -307,6 +308,47 @@ def summarize(outcomes: list[DialogueOutcome], resamples: int = 2000, seed: int 
             "method": "percentile bootstrap over each figure's dialogues",
         },
     }
+
+
+# frames of a backchannel heard before the cut (of a block of 10: 1-3 is under a quarter
+# second of speech) and hesitation pauses by length (frames of 80 ms)
+EVIDENCE_BINS = {
+    "backchannel_frames_before_cut": ((1, 3), (4, 6), (7, None)),
+    "pause_frames": ((0, 10), (11, 15), (16, None)),
+}
+
+
+def by_evidence(outcomes: list[DialogueOutcome], resamples: int = 2000, seed: int = 0) -> dict:
+    """Backchannel robustness by the frames of the backchannel heard before the block
+    boundary where an interruption at its onset would cut (all a block-aligned model has
+    to tell it from an interruption), and hesitation robustness by the pause's length:
+    ``{figure: {bin label: {"rate", "interval", "n"}}}``. Outcomes without the extras
+    (another judge) are left out."""
+    judged = {
+        "backchannel_robustness": (
+            "backchannel_frames_before_cut",
+            [(o.extra.get("backchannel_frames_before_cut"), o.backchannel_kept) for o in outcomes
+             if o.backchannel_kept is not None],
+        ),
+        "hesitation_robustness": (
+            "pause_frames",
+            [(o.extra.get("pause_frames"), o.hesitation_kept) for o in outcomes
+             if o.hesitation_kept is not None],
+        ),
+    }  # fmt: skip
+    out: dict = {}
+    for figure, (key, pairs) in judged.items():
+        bins = {}
+        for lo, hi in EVIDENCE_BINS[key]:
+            xs = [ok for k, ok in pairs if k is not None and k >= lo and (hi is None or k <= hi)]
+            label = f"{key} {lo}-{hi}" if hi is not None else f"{key} >= {lo}"
+            bins[label] = {
+                "rate": _rate(xs),
+                "interval": _round(bootstrap_interval(xs, resamples=resamples, seed=seed), 4),
+                "n": len(xs),
+            }
+        out[figure] = bins
+    return out
 
 
 def bootstrap_interval(

@@ -350,11 +350,42 @@ def markdown_summary(
             f"In brackets: the {100 * boot['level']:.0f} % interval, a percentile bootstrap "
             f"over the figure's dialogues ({boot['resamples']} resamples, seed {boot['seed']}).",
         ]
+    lines += _evidence_rows(reports)
     dens = reports[names[0]].get("denominators") if names else None
     if dens:
         lines += ["", "Denominators (n, or n of the set's dialogues):", ""]
         lines += [f"- {k}: {d['over']}" for k, d in dens.items()]
     return "\n".join(lines) + "\n"
+
+
+def _evidence_rows(reports: dict[str, dict]) -> list[str]:
+    """Backchannel and hesitation robustness by what the model could hear (metrics.by_evidence)."""
+    names = [n for n, r in reports.items() if r.get("by_evidence")]
+    if not names:
+        return []
+    first = reports[names[0]]["by_evidence"]
+    lines = [
+        "",
+        "By evidence: backchannel robustness by the frames of the backchannel heard before "
+        "the boundary where an interruption would cut (1-3: under a quarter second of it), "
+        "hesitation robustness by the pause's length in frames:",
+        "",
+        "| figure, bin | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for figure, bins in first.items():
+        for label in bins:
+            cells = []
+            for n in names:
+                b = reports[n]["by_evidence"].get(figure, {}).get(label)
+                if not b or not b["n"]:
+                    cells.append("–")
+                    continue
+                iv = b["interval"]
+                ci = f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]" if iv else ""
+                cells.append(f"{100 * b['rate']:.1f} %{ci} (n={b['n']})")
+            lines.append(f"| {figure}, {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 MODEL_COLOURS = ("tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
