@@ -62,7 +62,12 @@ def describe_model(conf: EvalConfig, which: str, spec) -> dict:
 def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     from bayling_duplex.eval.dialogues import build_eval_sets
     from bayling_duplex.eval.report import write_report
-    from bayling_duplex.eval.runner import checkpoint_codec, evaluate_model, no_marker_check
+    from bayling_duplex.eval.runner import (
+        backchannel_check,
+        checkpoint_codec,
+        evaluate_model,
+        no_marker_check,
+    )
     from bayling_duplex.model import checkpoint
 
     target = (
@@ -103,6 +108,19 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
             )
             checks["no_marker"] = no_marker_check(
                 [o for o in outcomes[label] if o.scenario == "turn_taking"], trimmed_outcomes
+            )
+        judged_bc = [o for o in outcomes[label] if o.backchannel_kept is not None]
+        if label == "model" and evalsets.audio is not None and conf.backchannel_check and judged_bc:
+            quiet = build_eval_sets(
+                conf.evalset, spec, tokenize, codec=codec, drop_backchannels=True,
+                only=("backchannel",),
+            )  # fmt: skip
+            log.info("backchannel check: %d dialogues without their backchannel", len(quiet.items))
+            _, quiet_outcomes, _ = evaluate_model(
+                model, tok, vocab, spec.layout, quiet.items, conf.decode, conf.batch_size
+            )
+            checks["backchannel"] = backchannel_check(
+                outcomes[label], quiet_outcomes, spec.layout.frame_s
             )
     listening = None
     if evalsets.audio is not None:

@@ -162,6 +162,9 @@ class EvalConfig:
     # the no-marker check: the turn-taking set again with the last frame of each turn's
     # speech removed; SR@3s of both, paired (docs/evaluation.md)
     no_marker_check: bool = True
+    # the backchannel check: the backchannel set again without the backchannel clips; a
+    # stop the judge counts is the backchannel's only where the response ends later without it
+    backchannel_check: bool = True
     listen: int = 6  # dialogues written as stereo WAVs for report.html
 
 

@@ -326,12 +326,17 @@ class WaveformMixer:
             self.clips.index_shard(path, byte_offset, count)
 
     def placements(
-        self, t: Timeline, script: Script, trim_end_frames: int = 0
+        self,
+        t: Timeline,
+        script: Script,
+        trim_end_frames: int = 0,
+        drop_backchannels: bool = False,
     ) -> tuple[list[Placement], list[Placement], list[tuple[int, int]]]:
         """The user and assistant channels' clips of timeline ``t`` of ``script``, and the
         hesitation pauses [start, end) in frames. ``trim_end_frames`` drops each user
         turn's last frames of speech (the no-marker check: nothing at a turn's very end
-        may be what tells that it ended)."""
+        may be what tells that it ended); ``drop_backchannels`` leaves the backchannel
+        clips out (the backchannel check: what the assistant does without them)."""
         spf = self.codec.samples_per_frame
         turn_segments = [s for s in t.user_segments if s.kind == "turn"]
         user, assistant, pauses = [], [], []
@@ -352,7 +357,7 @@ class WaveformMixer:
             user.append(Placement(seg.start_frame + cut + pause, wav[split:]))
             pauses.append((seg.start_frame + cut, seg.start_frame + cut + pause))
         for seg in t.user_segments:
-            if seg.kind == "backchannel":
+            if seg.kind == "backchannel" and not drop_backchannels:
                 clip = self.clips.backchannel_clip(script.id, seg.text)
                 user.append(Placement(seg.start_frame, clip))
         for j, r in enumerate(t.responses):
@@ -377,16 +382,26 @@ class WaveformMixer:
         return np.resize(np.roll(noise, -start), n)
 
     def mix(
-        self, t: Timeline, script: Script, trim_end_frames: int = 0, echo: bool = True
+        self,
+        t: Timeline,
+        script: Script,
+        trim_end_frames: int = 0,
+        echo: bool = True,
+        drop_backchannels: bool = False,
     ) -> Mixed:
         """Timeline ``t``'s two channels: clips placed, the user's level, noise and echo drawn
         from a generator seeded by the record id (``echo=False``: no echo, as in evaluation,
-        where the assistant's audio is the model's own and not known in advance)."""
+        where the assistant's audio is the model's own and not known in advance).
+        ``trim_end_frames`` and ``drop_backchannels``: :meth:`placements`; the noise is
+        the same as without them."""
         spf = self.codec.samples_per_frame
         fade = round(self.cfg.cut_fade_ms * self.codec.sample_rate / 1000)
-        user_p, assistant_p, pauses = self.placements(t, script, trim_end_frames)
+        user_p, assistant_p, pauses = self.placements(
+            t, script, trim_end_frames, drop_backchannels
+        )
         # the noise level follows the speech as spoken: trimming must not change the noise
-        power_p = self.placements(t, script)[0] if trim_end_frames else user_p
+        altered = trim_end_frames or drop_backchannels
+        power_p = self.placements(t, script)[0] if altered else user_p
         user = mix_channel(user_p, t.num_frames, spf, fade)
         assistant = mix_channel(assistant_p, t.num_frames, spf, fade)
         rng = np.random.default_rng(

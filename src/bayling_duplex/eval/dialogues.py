@@ -113,7 +113,9 @@ class _CodeDialogues:
 class _SpeechDialogues:
     """Held-out questions said by held-out voices, mixed and coded (data/speech_demo.py)."""
 
-    def __init__(self, cfg: EvalSetConfig, codec, recipe, trim_end_frames: int = 0) -> None:
+    def __init__(
+        self, cfg: EvalSetConfig, codec, recipe, trim_end_frames: int = 0, drop_backchannels=False
+    ) -> None:
         from bayling_duplex.data.demo import answer_key, qa_pairs
         from bayling_duplex.data.speech_demo import speech_pipeline
 
@@ -125,6 +127,7 @@ class _SpeechDialogues:
         self.keys = [answer_key(a) for _, a in self.pairs]
         self.speech, self.mixer = speech_pipeline(recipe, codec, seed=cfg.seed)
         self.trim = trim_end_frames
+        self.drop_backchannels = drop_backchannels
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -145,7 +148,9 @@ class _SpeechDialogues:
 
         pad = tuple(int(c) for c in spec.silence(t.num_frames, end))
         t = replace(t, num_frames=end, user_codes=t.user_codes + pad)
-        mixed = self.mixer.mix(t, script, self.trim, echo=False)
+        mixed = self.mixer.mix(
+            t, script, self.trim, echo=False, drop_backchannels=self.drop_backchannels
+        )
         codes = np.asarray(self.codec.encode(mixed.user))
         pause = mixed.pauses[0] if placed == "hesitation" and mixed.pauses else None
         return codes, mixed.user, pause
@@ -216,6 +221,7 @@ def build_eval_sets(
     recipe=None,
     trim_end_frames: int = 0,
     only: tuple[str, ...] | None = None,
+    drop_backchannels: bool = False,
 ) -> EvalSets:
     """Every evaluation dialogue ``(item, user codes)`` and the per-set counts.
 
@@ -227,8 +233,10 @@ def build_eval_sets(
     ``speech_demo`` needs the checkpoint's ``codec`` and the ``recipe`` (a
     ``RecipeConfig``; default: the file ``cfg.recipe``) whose speech and noise settings
     it uses. ``trim_end_frames`` drops the last frames of speech of every user turn
-    (the no-marker check; speech only); ``only`` builds only the named sets (the
-    others' draws are still made, so the dialogues of a set do not depend on it)."""
+    (the no-marker check; speech only); ``drop_backchannels`` leaves the backchannel
+    clips out of the user's audio, timelines unchanged (the backchannel check; speech
+    only); ``only`` builds only the named sets (the others' draws are still made, so the
+    dialogues of a set do not depend on it)."""
     if cfg.source == "auto":
         from dataclasses import replace
 
@@ -238,10 +246,12 @@ def build_eval_sets(
             from bayling_duplex.data.load import recipe_from_file
 
             recipe = recipe_from_file(cfg.recipe)
-        source = _SpeechDialogues(cfg, codec, recipe, trim_end_frames)
+        source = _SpeechDialogues(cfg, codec, recipe, trim_end_frames, drop_backchannels)
     else:
-        if trim_end_frames:
-            raise ValueError("trim_end_frames works on audio: evalset.source=speech_demo")
+        if trim_end_frames or drop_backchannels:
+            raise ValueError(
+                "trim_end_frames and drop_backchannels work on audio: evalset.source=speech_demo"
+            )
         source = _CodeDialogues(cfg)
     if not len(source):
         raise ValueError("the evaluation source holds no turns")

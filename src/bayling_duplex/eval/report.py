@@ -86,6 +86,19 @@ def check_lines(checks: dict | None) -> list[str]:
             f"{_fmt(nm['difference'])} (95 % interval {_fmt(iv[0])} … {_fmt(iv[1])}); "
             f"{'passed' if nm['passed'] else 'FAILED'} (at most {nm['max_loss_points']} points lost)"
         )
+    bc = (checks or {}).get("backchannel")
+    if bc:
+        iv = bc.get("robustness_causal_interval95") or [None, None]
+        lines.append(
+            f"backchannel check ({bc['dialogues']} judged backchannels, decoded again without "
+            f"them): robustness {_fmt(bc['robustness_as_judged'])} as judged; of the "
+            f"{bc['not_kept']} responses judged cut, {bc['natural_ends']} end at the same "
+            f"time or earlier without the backchannel (not its doing), "
+            f"{bc['cut_by_backchannel']} end later without it (cut by it)"
+            + (f", {bc['differ_before_onset']} differ before its onset" if bc["differ_before_onset"] else "")
+            + f"; robustness counting only the cuts it caused {_fmt(bc['robustness_causal'])} "
+            f"(95 % interval {_fmt(iv[0])} … {_fmt(iv[1])})"
+        )
     for name, p in ((checks or {}).get("paired") or {}).items():
         clear = [
             f"{f['label']} {_difference(f)} ({_verdict(f)})"

@@ -144,3 +144,64 @@ def no_marker_check(
         "max_loss_points": max_loss_points,
         "passed": loss is not None and loss <= max_loss_points,
     }
+
+
+def _playing_end(o: DialogueOutcome, t_s: float):
+    """(found, end) of the response playing at ``t_s`` in an outcome's recorded responses."""
+    for start, end, *_ in o.extra.get("responses", []):
+        if start <= t_s and (end is None or end > t_s):
+            return True, end
+    return False, None
+
+
+def backchannel_check(
+    outcomes_as_built: list[DialogueOutcome],
+    outcomes_without: list[DialogueOutcome],
+    frame_s: float,
+) -> dict:
+    """Did the backchannel cut the response, or did the response end where it ends anyway?
+
+    ``outcomes_without``: the same backchannel dialogues decoded with the backchannel
+    clips left out of the user's audio (same noise, same timeline). Every judged dialogue
+    the judge counts as not kept (the response stopped within a block of the onset) is
+    compared with its counterfactual: where the response without the backchannel ends no
+    later, the backchannel did not shorten it (a natural end, e.g. the model's answer
+    a little shorter than the reference's). ``robustness_causal`` counts only stops the
+    backchannel caused; ``robustness_as_judged`` is the headline figure."""
+    from bayling_duplex.eval.metrics import bootstrap_interval
+
+    without = {o.id: o for o in outcomes_without}
+    judged = [o for o in outcomes_as_built if o.backchannel_kept is not None and o.id in without]
+    kept_causal, natural, caused, differ = [], 0, 0, 0
+    for o in judged:
+        b_s = o.extra["item"]["backchannel"][0] * frame_s
+        found, end_cf = _playing_end(without[o.id], b_s)
+        if o.backchannel_kept:
+            kept_causal.append(True)
+            continue
+        _, end_bc = _playing_end(o, b_s)
+        if not found:  # the two decodes differ before the onset: cannot tell, count as cut
+            differ += 1
+            kept_causal.append(False)
+        elif end_cf is not None and end_bc is not None and end_bc >= end_cf:
+            natural += 1
+            kept_causal.append(True)
+        else:
+            caused += 1
+            kept_causal.append(False)
+
+    def rate(xs):
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    iv = bootstrap_interval([float(x) for x in kept_causal])
+    return {
+        "dialogues": len(judged),
+        "robustness_as_judged": rate([bool(o.backchannel_kept) for o in judged]),
+        "robustness_causal": rate(kept_causal),
+        "robustness_causal_interval95": None if iv is None else [round(v, 4) for v in iv],
+        "not_kept": natural + caused + differ,
+        "natural_ends": natural,
+        "cut_by_backchannel": caused,
+        "differ_before_onset": differ,
+    }
+

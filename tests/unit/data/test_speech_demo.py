@@ -164,6 +164,17 @@ def test_trimming_removes_the_last_frame_of_each_turn(codec) -> None:
         np.testing.assert_array_equal(q.wav, p.wav[: len(q.wav)])
 
 
+def test_dropping_backchannels_leaves_the_other_clips(codec) -> None:
+    demo = SpeechDemo(SpeechConfig(), codec, seed=0)
+    script, t = _timeline(demo, "backchannel")
+    mixer = speech_mixer(_recipe(), codec, demo)
+    full, assistant, _ = mixer.placements(t, script)
+    quiet, assistant_q, _ = mixer.placements(t, script, drop_backchannels=True)
+    n_bc = sum(s.kind == "backchannel" for s in t.user_segments)
+    assert n_bc >= 1 and len(quiet) == len(full) - n_bc and len(assistant_q) == len(assistant)
+    assert all(any(q is p or np.array_equal(q.wav, p.wav) for p in full) for q in quiet)
+
+
 def test_pairs_of_the_speech_recipe_are_mixed_and_coded(codec, tiny_backbone) -> None:
     """Preference pairs read more spoken dialogues than the clip store keeps (8), and
     their user audio comes from the mixed microphone, as in the SFT build."""

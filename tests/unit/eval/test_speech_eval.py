@@ -11,7 +11,7 @@ from bayling_duplex.audio.units import UnitCodec, UnitCodecConfig
 from bayling_duplex.data.load import recipe_from_file
 from bayling_duplex.eval.dialogues import EvalSetConfig, build_eval_sets
 from bayling_duplex.eval.metrics import DialogueOutcome
-from bayling_duplex.eval.runner import no_marker_check
+from bayling_duplex.eval.runner import backchannel_check, no_marker_check
 from bayling_duplex.format.layout import BlockLayout
 from bayling_duplex.format.spec import FormatSpec
 
@@ -74,3 +74,43 @@ def test_no_marker_check_pairs_the_same_dialogues() -> None:
     lost = no_marker_check(outs(["success"] * 10), outs(["none"] * 10))
     assert not lost["passed"] and lost["loss_points"] == 100.0
     assert lost["difference_interval95"] == [-1.0, -1.0]
+
+
+def test_the_variant_without_backchannels_changes_only_the_backchannel(setup) -> None:
+    recipe, codec, spec, cfg = setup
+    full = build_eval_sets(cfg, spec, tokenize, codec=codec, recipe=recipe, only=("backchannel",))
+    quiet = build_eval_sets(
+        cfg, spec, tokenize, codec=codec, recipe=recipe, drop_backchannels=True,
+        only=("backchannel",),
+    )  # fmt: skip
+    assert [i for i, _ in full.items] == [i for i, _ in quiet.items]  # the same timelines
+    judged = 0
+    for (a, _), wa, wb in zip(full.items, full.audio, quiet.audio, strict=True):
+        if a.backchannel is None:
+            continue
+        judged += 1
+        s, e = a.backchannel
+        np.testing.assert_array_equal(wa[: s * 1280], wb[: s * 1280])  # same until its onset
+        assert np.abs(wa[s * 1280 : e * 1280] - wb[s * 1280 : e * 1280]).max() > 0.01
+        np.testing.assert_array_equal(wa[(e + 1) * 1280 :], wb[(e + 1) * 1280 :])  # noise kept
+    assert judged > 0
+
+
+def _bc(i, kept, end_s, onset=30):
+    item = {"backchannel": [onset, onset + 5]}
+    responses = [[1.6, end_s, "x"]]
+    return DialogueOutcome(f"b{i}", "backchannel", backchannel_kept=kept,
+                           extra={"item": item, "responses": responses})  # fmt: skip
+
+
+def test_the_backchannel_check_blames_only_the_stops_the_backchannel_caused() -> None:
+    built = [_bc(0, True, None), _bc(1, False, 3.2), _bc(2, False, 3.2), _bc(3, False, 2.8),
+             _bc(4, None, 2.0)]  # fmt: skip
+    without = [_bc(0, True, None), _bc(1, False, 3.2),  # ends there anyway: natural
+               _bc(2, True, 4.0),  # plays on without it: cut by it
+               _bc(3, True, 1.9)]  # nothing playing at the onset without it: undecided
+    c = backchannel_check(built, without, 0.08)
+    assert c["dialogues"] == 4 and c["robustness_as_judged"] == 0.25
+    assert (c["natural_ends"], c["cut_by_backchannel"], c["differ_before_onset"]) == (1, 1, 1)
+    assert c["robustness_causal"] == 0.5 and c["not_kept"] == 3
+
