@@ -68,7 +68,7 @@ def _timed_trainer(trainer_cls, model, ds, collator, steps, batch, extra):
     return times[2:]  # the first steps warm up
 
 
-def bench_step(steps: int, batch: int, rounds: int) -> None:
+def bench_step(steps: int, batch: int, rounds: int, default_model: bool = False) -> None:
     from helpers import build_small_demo
     from transformers import Trainer
 
@@ -78,6 +78,14 @@ def bench_step(steps: int, batch: int, rounds: int) -> None:
     from bayling_duplex.train.collate import DuplexCollator
     from bayling_duplex.train.sft_trainer import DuplexTrainer
 
+    model_config = ModelConfig()
+    if default_model:  # the main job's model (configs/model/tiny.yaml)
+        import yaml
+
+        from bayling_duplex.model.tiny import TinyConfig
+
+        tiny = yaml.safe_load((ROOT / "configs" / "model" / "tiny.yaml").read_text())["tiny"]
+        model_config = ModelConfig(tiny=TinyConfig(**tiny))
     tmp = Path(tempfile.mkdtemp())
     data = build_small_demo(
         tmp / "demo", tmp / "cache", train=steps * batch, heldout=4, shard_size=500
@@ -91,24 +99,18 @@ def bench_step(steps: int, batch: int, rounds: int) -> None:
         b["labels"] = torch.where(classes == 0, -100, b["input_ids"])
         return b
 
-    ours, plain = [], []
+    from bayling_duplex.train.loss import LossWeights
+
+    ours, full, plain = [], [], []
     tokens = float(np.mean([len(x) for x in ds["input_ids"]])) * batch
     for _ in range(rounds):
-        model, _, _ = load_backbone(ModelConfig(), VocabConfig(), tmp / "cache")
-        from bayling_duplex.train.loss import LossWeights
-
-        ours += _timed_trainer(
-            DuplexTrainer,
-            model,
-            ds,
-            duplex_collate,
-            steps,
-            batch,
-            {"loss_weights": LossWeights().table()},
-        )
-        model, _, _ = load_backbone(ModelConfig(), VocabConfig(), tmp / "cache")
+        for impl, times in (("chunked", ours), ("full", full)):
+            model, _, _ = load_backbone(model_config, VocabConfig(), tmp / "cache")
+            extra = {"loss_weights": LossWeights().table(), "loss_impl": impl}
+            times += _timed_trainer(DuplexTrainer, model, ds, duplex_collate, steps, batch, extra)
+        model, _, _ = load_backbone(model_config, VocabConfig(), tmp / "cache")
         plain += _timed_trainer(Trainer, model, ds, plain_collate, steps, batch, {})
-    mo, mp = statistics.median(ours), statistics.median(plain)
+    mo, mf, mp = statistics.median(ours), statistics.median(full), statistics.median(plain)
     print(
         "\n## SFT step time (tiny model, CPU)"
         if not torch.cuda.is_available()
@@ -116,10 +118,13 @@ def bench_step(steps: int, batch: int, rounds: int) -> None:
     )
     print(f"{'trainer':<28}{'median step s':>15}{'tokens/s':>12}")
     print(f"{'plain Trainer, model loss':<28}{mp:>15.4f}{tokens / mp:>12.0f}")
-    print(f"{'DuplexTrainer, weighted':<28}{mo:>15.4f}{tokens / mo:>12.0f}")
+    print(f"{'DuplexTrainer, chunked':<28}{mo:>15.4f}{tokens / mo:>12.0f}")
+    print(f"{'DuplexTrainer, full logits':<28}{mf:>15.4f}{tokens / mf:>12.0f}")
     print(
-        f"ratio ours/plain: {mo / mp:.3f}  (target <= 1.10; {len(ours)} steps each, batch {batch}, "
-        f"{tokens / batch:.0f} tokens per dialogue on average)"
+        f"ratio ours (chunked)/plain: {mo / mp:.3f}  (target <= 1.10); chunked/full "
+        f"{mo / mf:.3f}; {len(ours)} steps each, batch {batch}, "
+        f"{tokens / batch:.0f} tokens per dialogue on average; model hidden "
+        f"{model_config.tiny.hidden_size} x {model_config.tiny.num_layers} layers"
     )
 
 
@@ -221,11 +226,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--glm9b-shape", action="store_true")
     p.add_argument("--seq", type=int, default=1875)
+    p.add_argument(
+        "--default-model", action="store_true", help="the main job's size (configs/model/tiny.yaml)"
+    )
     a = p.parse_args()
     if a.glm9b_shape:
         bench_glm9b(a.seq, 1, 8)
         return
-    bench_step(a.steps, a.batch, a.rounds)
+    bench_step(a.steps, a.batch, a.rounds, a.default_model)
     padding_report(a.batch)
 
 
