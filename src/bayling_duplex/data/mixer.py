@@ -396,9 +396,7 @@ class WaveformMixer:
         the same as without them."""
         spf = self.codec.samples_per_frame
         fade = round(self.cfg.cut_fade_ms * self.codec.sample_rate / 1000)
-        user_p, assistant_p, pauses = self.placements(
-            t, script, trim_end_frames, drop_backchannels
-        )
+        user_p, assistant_p, pauses = self.placements(t, script, trim_end_frames, drop_backchannels)
         # the noise level follows the speech as spoken: trimming must not change the noise
         altered = trim_end_frames or drop_backchannels
         power_p = self.placements(t, script)[0] if altered else user_p

@@ -95,7 +95,11 @@ def check_lines(checks: dict | None) -> list[str]:
             f"{bc['not_kept']} responses judged cut, {bc['natural_ends']} end at the same "
             f"time or earlier without the backchannel (not its doing), "
             f"{bc['cut_by_backchannel']} end later without it (cut by it)"
-            + (f", {bc['differ_before_onset']} differ before its onset" if bc["differ_before_onset"] else "")
+            + (
+                f", {bc['differ_before_onset']} differ before its onset"
+                if bc["differ_before_onset"]
+                else ""
+            )
             + f"; robustness counting only the cuts it caused {_fmt(bc['robustness_causal'])} "
             f"(95 % interval {_fmt(iv[0])} … {_fmt(iv[1])})"
         )

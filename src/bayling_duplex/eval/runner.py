@@ -204,4 +204,3 @@ def backchannel_check(
         "cut_by_backchannel": caused,
         "differ_before_onset": differ,
     }
-

@@ -30,7 +30,9 @@ def test_two_eval_runs_are_paired_and_the_table_written(tmp_path, capsys):
     main([str(a), str(b / "report.json"), "--out", str(tmp_path / "cmp.md")])
     text = capsys.readouterr().out
     assert "# variant/model − default/model, paired on 40 dialogues" in text
-    assert "| early start (down) | 40 | 50.00 | 12.50 | -37.50 pts [" in text and "**better**" in text
+    assert (
+        "| early start (down) | 40 | 50.00 | 12.50 | -37.50 pts [" in text and "**better**" in text
+    )
     result = json.loads((tmp_path / "cmp.json").read_text())
     early = result["figures"]["early_start"]
     assert early["difference"] == pytest.approx(-15 / 40) and early["clear"]
@@ -41,7 +43,10 @@ def test_a_dpo_report_is_read_as_its_dpo_model_and_the_same_report_twice_is_zero
     a = _report(tmp_path / "dpo", "dpo", 10)
     main([str(a), str(a), "--b-model", "dpo"])
     out = capsys.readouterr().out
-    assert "B:dpo/dpo − A:dpo/dpo" in out and "| early start (down) | 40 | 25.00 | 25.00 | +0.00 pts" in out
+    assert (
+        "B:dpo/dpo − A:dpo/dpo" in out
+        and "| early start (down) | 40 | 25.00 | 25.00 | +0.00 pts" in out
+    )
 
 
 def test_missing_reports_unknown_models_and_disjoint_sets_fail_with_a_reason(tmp_path, capsys):

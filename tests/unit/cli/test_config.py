@@ -197,7 +197,10 @@ def test_dpo_pairs_default_to_the_policys_own_rollouts():
     """The shipped default is on-policy pairs (docs/dpo.md §5, "Ablation"); gold is an option."""
     conf = to_dataclass(_compose("dpo", []), schemas.ROOTS["dpo"])
     assert conf.pairs.source == "on_policy"
-    assert to_dataclass(_compose("dpo", ["pairs.source=gold"]), schemas.ROOTS["dpo"]).pairs.source == "gold"
+    assert (
+        to_dataclass(_compose("dpo", ["pairs.source=gold"]), schemas.ROOTS["dpo"]).pairs.source
+        == "gold"
+    )
 
 
 def test_dpo_defaults_of_the_generic_keys_are_kept():

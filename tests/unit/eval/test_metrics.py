@@ -173,8 +173,12 @@ def test_robustness_by_evidence_bins_the_judged_dialogues():
     from bayling_duplex.eval.report import markdown_summary
 
     def bc(i, before, kept):
-        return DialogueOutcome(f"b{i}", "backchannel", backchannel_kept=kept,
-                               extra={"backchannel_frames_before_cut": before})
+        return DialogueOutcome(
+            f"b{i}",
+            "backchannel",
+            backchannel_kept=kept,
+            extra={"backchannel_frames_before_cut": before},
+        )
 
     outs = [bc(0, 1, False), bc(1, 3, True), bc(2, 5, True), bc(3, 10, True),
             DialogueOutcome("h", "hesitation", hesitation_kept=False, false_ends=1,
@@ -188,5 +192,8 @@ def test_robustness_by_evidence_bins_the_judged_dialogues():
     h = s["by_evidence"]["hesitation_robustness"]
     assert h["pause_frames 11-15"]["rate"] == 0.0 and h["pause_frames 0-10"]["n"] == 0
     md = markdown_summary({"model": s})
-    assert "| backchannel_robustness, backchannel_frames_before_cut 1-3 | 50.0 % [0.0, 100.0] (n=2) |" in md
+    assert (
+        "| backchannel_robustness, backchannel_frames_before_cut 1-3 | 50.0 % [0.0, 100.0] (n=2) |"
+        in md
+    )
     assert "| hesitation_robustness, pause_frames 0-10 | – |" in md

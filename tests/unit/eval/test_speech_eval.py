@@ -106,11 +106,13 @@ def _bc(i, kept, end_s, onset=30):
 def test_the_backchannel_check_blames_only_the_stops_the_backchannel_caused() -> None:
     built = [_bc(0, True, None), _bc(1, False, 3.2), _bc(2, False, 3.2), _bc(3, False, 2.8),
              _bc(4, None, 2.0)]  # fmt: skip
-    without = [_bc(0, True, None), _bc(1, False, 3.2),  # ends there anyway: natural
-               _bc(2, True, 4.0),  # plays on without it: cut by it
-               _bc(3, True, 1.9)]  # nothing playing at the onset without it: undecided
+    without = [
+        _bc(0, True, None),
+        _bc(1, False, 3.2),  # ends there anyway: natural
+        _bc(2, True, 4.0),  # plays on without it: cut by it
+        _bc(3, True, 1.9),
+    ]  # nothing playing at the onset without it: undecided
     c = backchannel_check(built, without, 0.08)
     assert c["dialogues"] == 4 and c["robustness_as_judged"] == 0.25
     assert (c["natural_ends"], c["cut_by_backchannel"], c["differ_before_onset"]) == (1, 1, 1)
     assert c["robustness_causal"] == 0.5 and c["not_kept"] == 3
-
