@@ -26,7 +26,9 @@ from bayling_duplex.train.linear_ce import liger_unavailable, linear_cross_entro
 from bayling_duplex.train.loss import DuplexLoss, LossWeights, resolve_impl
 from bayling_duplex.train.output_layer import check_hidden_state_forward, output_weight
 
-LOSS_RTOL, GRAD_ATOL = 1e-5, 1e-5
+# float32 summation order differs between the two paths (and with the thread count): gradients
+# that sum over many positions (an embedding row) are large, so they get a relative bound too.
+LOSS_RTOL, GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-5, 1e-5
 TINY = [
     "data=demo",
     "train.behaviour_dialogues=0",
@@ -70,7 +72,9 @@ def _assert_same(a, b):
     torch.testing.assert_close(la, lb, rtol=LOSS_RTOL, atol=0)
     assert ga.keys() == gb.keys() and ga
     for name in ga:
-        torch.testing.assert_close(ga[name], gb[name], rtol=0, atol=GRAD_ATOL, msg=name)
+        torch.testing.assert_close(
+            ga[name], gb[name], rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 # --------------------------------------------------------------------------- the function
