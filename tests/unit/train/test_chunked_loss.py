@@ -73,7 +73,11 @@ def _assert_same(a, b):
     assert ga.keys() == gb.keys() and ga
     for name in ga:
         torch.testing.assert_close(
-            ga[name], gb[name], rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=lambda m, name=name: f"{name}: {m}"
+            ga[name],
+            gb[name],
+            rtol=GRAD_RTOL,
+            atol=GRAD_ATOL,
+            msg=lambda m, name=name: f"{name}: {m}",
         )
 
 
