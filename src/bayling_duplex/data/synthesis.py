@@ -74,6 +74,8 @@ class SynthesisConfig:
         default_factory=lambda: [0.15, 0.6]
     )  # share of the answer's speech
     hesitation_pause_s: list[float] = field(default_factory=lambda: [0.6, 1.6])
+    # which user turns of a hesitation dialogue get a pause: one (drawn at random) or all
+    hesitation_turns: str = "one"
     tail_silence_s: list[float] = field(default_factory=lambda: [0.8, 2.0])
     max_blocks: int = 75  # 60 s at 10 frames per block
     seed: int = 0
@@ -81,6 +83,10 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("mix", "each"):
             raise ValueError(f"synthesis.mode must be 'mix' or 'each', got {self.mode!r}")
+        if self.hesitation_turns not in ("one", "all"):
+            raise ValueError(
+                f"synthesis.hesitation_turns must be 'one' or 'all', got {self.hesitation_turns!r}"
+            )
         for name in (
             "lead_silence_s",
             "between_turns_s",
@@ -196,7 +202,7 @@ def _place(rid, turns, ids, scenario, cfg, spec, backchannels) -> Timeline:
     end = 0
     for i, turn in enumerate(turns):
         ucodes = turn.user_codes
-        if i == pause_in:
+        if i == pause_in or (pause_in >= 0 and cfg.hesitation_turns == "all"):
             ucodes = _with_pause(
                 turn, max(1, _frames(rng, cfg.hesitation_pause_s, rate)), rng, spec, u_start
             )

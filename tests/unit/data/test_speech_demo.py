@@ -132,6 +132,19 @@ def test_the_mix_places_the_clips_cuts_the_pause_and_adds_an_echo(codec) -> None
     )
 
 
+def test_the_mix_cuts_a_pause_in_every_turn_when_each_turn_has_one(codec) -> None:
+    demo = SpeechDemo(SpeechConfig(), codec, seed=0)
+    script = demo.script("train", 5, min_turns=2, max_turns=2)
+    spec = FormatSpec(BlockLayout(10, 5), demo.codec.silence_codes)
+    ids = [[1, 2, 3]] * len(script.turns)
+    t = synthesize(script, ids, "hesitation", SynthesisConfig(hesitation_turns="all"), spec)
+    mixed = speech_mixer(_recipe(), codec, demo).mix(t, script)
+    assert len(mixed.pauses) == 2
+    for (p0, p1), seg in zip(mixed.pauses, t.user_segments, strict=True):
+        assert seg.start_frame < p0 < p1 < seg.end_frame
+        assert np.abs(mixed.user[p0 * 1280 : p1 * 1280]).max() == 0.0
+
+
 def test_noise_is_coloured_and_scaled_to_the_drawn_snr(codec) -> None:
     rng = np.random.default_rng(0)
     spectra = {}

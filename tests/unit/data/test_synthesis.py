@@ -330,6 +330,29 @@ def test_hesitation_over_demo_scripts():
         assert_valid(t, ids, spec)
 
 
+def test_hesitation_turns_all_pauses_every_turn_and_one_stays_the_default():
+    spec = FormatSpec(L5, (SIL,))
+    codec = ToyCodec()
+    for i in range(20):
+        script = demo_script("train", i, 0, codec)
+        ids = [list(range(100, 100 + len(x.assistant_text.split()))) for x in script.turns]
+        every = synthesize(script, ids, "hesitation", SynthesisConfig(hesitation_turns="all"), spec)
+        lengths = [s.end_frame - s.start_frame for s in every.user_segments]
+        assert all(n > len(x.user_codes) for n, x in zip(lengths, script.turns, strict=True))
+        for seg, r in zip(every.user_segments, every.responses, strict=True):
+            assert r.start_frame >= seg.end_frame  # no answer inside any turn
+        assert_valid(every, ids, spec)
+        # the other scenarios draw no pause, whatever the key says
+        plain = synthesize(script, ids, "turn_taking", SynthesisConfig(hesitation_turns="all"), spec)
+        assert plain == synthesize(script, ids, "turn_taking", SynthesisConfig(), spec)
+    assert SynthesisConfig().hesitation_turns == "one"
+
+
+def test_hesitation_turns_refuses_other_values():
+    with pytest.raises(ValueError, match="synthesis.hesitation_turns"):
+        SynthesisConfig(hesitation_turns="some")
+
+
 # --------------------------------------------------------------------------- determinism, mix
 
 
