@@ -343,13 +343,15 @@ def test_hesitation_turns_all_pauses_every_turn_and_one_stays_the_default():
             assert r.start_frame >= seg.end_frame  # no answer inside any turn
         assert_valid(every, ids, spec)
         # the other scenarios draw no pause, whatever the key says
-        plain = synthesize(script, ids, "turn_taking", SynthesisConfig(hesitation_turns="all"), spec)
+        plain = synthesize(
+            script, ids, "turn_taking", SynthesisConfig(hesitation_turns="all"), spec
+        )
         assert plain == synthesize(script, ids, "turn_taking", SynthesisConfig(), spec)
     assert SynthesisConfig().hesitation_turns == "one"
 
 
 def test_hesitation_turns_refuses_other_values():
-    with pytest.raises(ValueError, match="synthesis.hesitation_turns"):
+    with pytest.raises(ValueError, match=r"synthesis\.hesitation_turns"):
         SynthesisConfig(hesitation_turns="some")
 
 
