@@ -99,12 +99,12 @@ def test_a_reader_of_many_dialogues_keeps_only_the_last_few(codec) -> None:
     assert set(demo.voices) == {b.id, c.id}
 
 
-def _timeline(demo: SpeechDemo, scenario: str, index: int = 5):
-    script = demo.script("train", index)
+def _timeline(demo: SpeechDemo, scenario: str, index: int = 5, cfg=None, **script_kw):
+    script = demo.script("train", index, **script_kw)
     spec = FormatSpec(BlockLayout(10, 5), demo.codec.silence_codes)
     ids = [[1, 2, 3]] * len(script.turns)
     bcs = demo.backchannels(script.id) if scenario == "backchannel" else ()
-    return script, synthesize(script, ids, scenario, SynthesisConfig(), spec, bcs)
+    return script, synthesize(script, ids, scenario, cfg or SynthesisConfig(), spec, bcs)
 
 
 def test_the_mix_places_the_clips_cuts_the_pause_and_adds_an_echo(codec) -> None:
@@ -134,10 +134,8 @@ def test_the_mix_places_the_clips_cuts_the_pause_and_adds_an_echo(codec) -> None
 
 def test_the_mix_cuts_a_pause_in_every_turn_when_each_turn_has_one(codec) -> None:
     demo = SpeechDemo(SpeechConfig(), codec, seed=0)
-    script = demo.script("train", 5, min_turns=2, max_turns=2)
-    spec = FormatSpec(BlockLayout(10, 5), demo.codec.silence_codes)
-    ids = [[1, 2, 3]] * len(script.turns)
-    t = synthesize(script, ids, "hesitation", SynthesisConfig(hesitation_turns="all"), spec)
+    every = SynthesisConfig(hesitation_turns="all")
+    script, t = _timeline(demo, "hesitation", cfg=every, min_turns=2, max_turns=2)
     mixed = speech_mixer(_recipe(), codec, demo).mix(t, script)
     assert len(mixed.pauses) == 2
     for (p0, p1), seg in zip(mixed.pauses, t.user_segments, strict=True):

@@ -305,12 +305,17 @@ def test_hesitation_pause_at_a_word_end(silence):
     assert_valid(t, ids, spec)
 
 
+def _demo_scripts(n: int = 20):
+    """``(script, answer ids)`` of the first ``n`` toy demo training scripts."""
+    codec = ToyCodec()
+    for i in range(n):
+        script = demo_script("train", i, 0, codec)
+        yield script, [list(range(100, 100 + len(x.assistant_text.split()))) for x in script.turns]
+
+
 def test_hesitation_over_demo_scripts():
     spec = FormatSpec(L5, (SIL,))
-    codec = ToyCodec()
-    for i in range(20):
-        script = demo_script("train", i, 0, codec)
-        ids = [list(range(100, 100 + len(x.assistant_text.split()))) for x in script.turns]
+    for script, ids in _demo_scripts():
         t = synthesize(script, ids, "hesitation", SynthesisConfig(), spec)
         lengths = [s.end_frame - s.start_frame for s in t.user_segments]
         longer = [
@@ -332,10 +337,7 @@ def test_hesitation_over_demo_scripts():
 
 def test_hesitation_turns_all_pauses_every_turn_and_one_stays_the_default():
     spec = FormatSpec(L5, (SIL,))
-    codec = ToyCodec()
-    for i in range(20):
-        script = demo_script("train", i, 0, codec)
-        ids = [list(range(100, 100 + len(x.assistant_text.split()))) for x in script.turns]
+    for script, ids in _demo_scripts():
         every = synthesize(script, ids, "hesitation", SynthesisConfig(hesitation_turns="all"), spec)
         lengths = [s.end_frame - s.start_frame for s in every.user_segments]
         assert all(n > len(x.user_codes) for n, x in zip(lengths, script.turns, strict=True))
