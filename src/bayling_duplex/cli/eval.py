@@ -61,6 +61,7 @@ def describe_model(conf: EvalConfig, which: str, spec) -> dict:
 
 def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
     from bayling_duplex.eval.dialogues import build_eval_sets
+    from bayling_duplex.eval.metrics import length_cue
     from bayling_duplex.eval.report import write_report
     from bayling_duplex.eval.runner import (
         backchannel_check,
@@ -91,6 +92,9 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
 
         if evalsets is None:
             evalsets = build_eval_sets(conf.evalset, spec, tokenize, codec=codec)
+            cue = length_cue([it for it, _ in evalsets.items])
+            if cue is not None:
+                checks["hesitation_length_cue"] = cue
         items = evalsets.items
         log.info("evaluating %s (%s) on %d dialogues", label, which, len(items))
         reports[label], outcomes[label], _ = evaluate_model(

@@ -42,6 +42,25 @@ TRAIN_VOICES = ["en-us", "en", "en-029", "en-GB-scotland", "en-GB-x-rp", "en-US-
 TRAIN_VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4"]
 HELDOUT_VOICES = ["en-GB-x-gbclan", "en-GB-x-gbcwmd"]
 HELDOUT_VARIANTS = ["m6", "m7", "f5"]
+# Lead-ins some user turns start with, said in one breath with the question (no
+# punctuation, so no synthesizer pause inside): they spread a question's length, so the
+# frames spoken before a silence no longer tell a hesitation pause from a turn's end
+# (docs/evaluation.md, "The hesitation set's length cue"). Held-out turns use their own.
+TRAIN_PREAMBLES = [
+    "okay so tell me",
+    "I was wondering about something",
+    "can you tell me",
+    "I would really like to know",
+    "my next question for you is",
+    "here is another one for you",
+    "alright then I have one more question",
+    "so I have been thinking about this",
+]
+HELDOUT_PREAMBLES = [
+    "quick question for you",
+    "let me ask you something",
+    "now I am curious about this one",
+]
 
 
 @dataclass
@@ -55,6 +74,10 @@ class SpeechConfig:
     rate: list[int] = field(default_factory=lambda: [150, 200])  # words per minute, uniform
     pitch: list[int] = field(default_factory=lambda: [30, 70])
     range: list[int] = field(default_factory=lambda: [30, 80])
+    # the share of user turns that start with a lead-in, and the lead-ins of each split
+    preamble_prob: float = 0.5
+    preambles: list[str] = field(default_factory=lambda: list(TRAIN_PREAMBLES))
+    heldout_preambles: list[str] = field(default_factory=lambda: list(HELDOUT_PREAMBLES))
     assistant_voice: str = "en-us"
     assistant_variant: str = "f2"
     assistant_rate: int = 185
@@ -63,7 +86,22 @@ class SpeechConfig:
         for name in ("voices", "variants", "heldout_voices", "heldout_variants"):
             if not getattr(self, name):
                 raise ValueError(f"recipe.speech.{name} must not be empty")
-        for a, b in (("voices", "heldout_voices"), ("variants", "heldout_variants")):
+        if not 0.0 <= self.preamble_prob <= 1.0:
+            raise ValueError(
+                f"recipe.speech.preamble_prob must be in [0, 1], got {self.preamble_prob}"
+            )
+        if self.preamble_prob > 0:
+            for name in ("preambles", "heldout_preambles"):
+                if not getattr(self, name):
+                    raise ValueError(
+                        f"recipe.speech.{name} must not be empty when preamble_prob > 0"
+                    )
+        pairs = (
+            ("voices", "heldout_voices"),
+            ("variants", "heldout_variants"),
+            ("preambles", "heldout_preambles"),
+        )
+        for a, b in pairs:
             if shared := sorted(set(getattr(self, a)) & set(getattr(self, b))):
                 raise ValueError(
                     f"recipe.speech.{b} shares {shared} with recipe.speech.{a}: "
@@ -86,6 +124,13 @@ class SpeechConfig:
             range=tuple(self.range),
         )
 
+    def lead_in(self, split: str, rng: random.Random) -> str:
+        """A lead-in for one user turn of ``split`` ("" for most), drawn with ``rng``."""
+        if rng.random() >= self.preamble_prob:
+            return ""
+        pool = self.preambles if split == "train" else self.heldout_preambles
+        return pool[rng.randrange(len(pool))]
+
     def assistant(self):
         from bayling_duplex.audio.tts import Voice
 
@@ -97,6 +142,22 @@ def word_ends(onsets: tuple[float, ...], num_frames: int, frame_s: float) -> tup
     each word onset but the first (so the cut falls in the gap before that word)."""
     ends = sorted({int(o / frame_s) for o in onsets[1:]})
     return tuple(e for e in ends if 0 < e < num_frames)
+
+
+def pause_points(
+    onsets: tuple[float, ...], num_frames: int, frame_s: float, lead_words: int = 0
+) -> tuple[int, ...]:
+    """Where a hesitation pause may go in a user turn: the :func:`word_ends` after a
+    lead-in of ``lead_words`` words (at the question's first word or later), or in a turn
+    without one, in its second half. So the frames spoken before a pause spread over the
+    same range as whole turns' (docs/evaluation.md, "The hesitation set's length cue");
+    all word ends where that leaves none."""
+    ends = word_ends(onsets, num_frames, frame_s)
+    if lead_words and len(onsets) > lead_words:
+        first = int(onsets[lead_words] / frame_s)
+    else:
+        first = num_frames // 2
+    return tuple(e for e in ends if e >= first) or ends
 
 
 class LengthCodec:
@@ -145,24 +206,30 @@ class SpeechDemo:
         """Dialogue ``index`` of ``split`` (the demo's questions), spoken."""
         rid = demo_id(split, index)
         picks = demo_picks(split, index, self.seed, min_turns, max_turns)
-        return self.make_script(rid, picks, self.voice_for(split, rid))
+        return self.make_script(rid, picks, self.voice_for(split, rid), split)
 
-    def make_script(self, rid: str, pairs: list[tuple[str, str]], voice) -> Script:
+    def make_script(self, rid: str, pairs: list[tuple[str, str]], voice, split: str) -> Script:
+        """The script of ``pairs`` said by ``voice``; some questions get a lead-in of
+        ``split`` (seeded by ``rid``), which is part of the turn's user text."""
         from bayling_duplex.audio.tts import synthesize
 
         self._forget(rid)
         self.voices[rid] = voice
+        rng = random.Random(_stable(f"lead-in|{self.seed}|{rid}"))
         turns = []
         for question, answer in pairs:
+            lead = self.cfg.lead_in(split, rng)
+            question = f"{lead} {question[0].lower()}{question[1:]}" if lead else question
             utt = synthesize(question, voice)
             codes = self.codec.encode(utt.wav)
+            ends = pause_points(utt.word_onsets, len(codes), self.frame_s, len(lead.split()))
             _, a_codes = self._answer(answer)
             turn = ScriptTurn(
                 codes,
                 answer,
                 a_codes,
                 question,
-                word_ends(utt.word_onsets, len(codes), self.frame_s),
+                ends,
             )
             self._user[(rid, turn)] = utt.wav
             turns.append(turn)

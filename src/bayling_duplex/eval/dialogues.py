@@ -134,7 +134,7 @@ class _SpeechDialogues:
 
     def script(self, rid: str, picks: list[int]) -> Script:
         voice = self.speech.voice_for("heldout", rid)
-        return self.speech.make_script(rid, [self.pairs[p] for p in picks], voice)
+        return self.speech.make_script(rid, [self.pairs[p] for p in picks], voice, self.cfg.split)
 
     def backchannels(self, rid: str) -> tuple:
         return self.speech.backchannels(rid)

@@ -103,6 +103,18 @@ def check_lines(checks: dict | None) -> list[str]:
             + f"; robustness counting only the cuts it caused {_fmt(bc['robustness_causal'])} "
             f"(95 % interval {_fmt(iv[0])} … {_fmt(iv[1])})"
         )
+    lc = (checks or {}).get("hesitation_length_cue")
+    if lc:
+        iv, kv = lc["auc_interval95"], lc["pauses_kept_interval95"]
+        lines.append(
+            f"hesitation length cue (no model; {lc['pauses']} pauses, the first turn ends of "
+            f"{lc['dialogues']} dialogues): the frames spoken before a silence tell a pause "
+            f"from a turn end with AUC "
+            f"{lc['auc']:.3f} (95 % interval {iv[0]:.3f} … {iv[1]:.3f}); a rule that answers "
+            f"{_fmt(lc['recall'])} of turn ends by that count alone keeps "
+            f"{_fmt(lc['pauses_kept'])} of the pauses (95 % interval {_fmt(kv[0])} … "
+            f"{_fmt(kv[1])}): hesitation robustness near that figure needs no more than counting"
+        )
     for name, p in ((checks or {}).get("paired") or {}).items():
         clear = [
             f"{f['label']} {_difference(f)} ({_verdict(f)})"
