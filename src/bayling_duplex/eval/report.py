@@ -107,8 +107,8 @@ def check_lines(checks: dict | None) -> list[str]:
     if lc:
         iv, kv = lc["auc_interval95"], lc["pauses_kept_interval95"]
         lines.append(
-            f"hesitation length cue (no model; {lc['pauses']} pauses, the first turn ends of "
-            f"{lc['dialogues']} dialogues): the frames spoken before a silence tell a pause "
+            f"hesitation length cue (no model; pauses: {lc['pauses']}, first-turn ends: "
+            f"{lc['dialogues']}): the frames spoken before a silence tell a pause "
             f"from a turn end with AUC "
             f"{lc['auc']:.3f} (95 % interval {iv[0]:.3f} … {iv[1]:.3f}); a rule that answers "
             f"{_fmt(lc['recall'])} of turn ends by that count alone keeps "

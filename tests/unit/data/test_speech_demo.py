@@ -14,6 +14,7 @@ from bayling_duplex.data.speech_demo import (
     LengthCodec,
     SpeechConfig,
     SpeechDemo,
+    pause_points,
     word_ends,
 )
 from bayling_duplex.data.synthesis import SynthesisConfig, synthesize
@@ -35,6 +36,35 @@ def test_word_ends_fall_on_the_frame_before_each_onset() -> None:
     assert word_ends((0.0, 0.30, 0.50, 0.95), 15, 0.08) == (3, 6, 11)
     assert word_ends((0.0, 0.02), 5, 0.08) == ()  # a cut at frame 0 splits nothing
     assert word_ends((0.0, 0.9), 10, 0.08) == ()  # nor one at the very end
+
+
+def test_pauses_go_after_the_lead_in_or_in_the_second_half() -> None:
+    onsets = (0.0, 0.30, 0.50, 0.95, 1.30, 1.70)  # word ends at frames 3, 6, 11, 16, 21
+    # a lead-in of 2 words: the question starts at word 3 (0.50 s, frame 6)
+    assert pause_points(onsets, 25, 0.08, lead_words=2) == (6, 11, 16, 21)
+    # no lead-in: the second half of 25 frames (frame 12 on)
+    assert pause_points(onsets, 25, 0.08) == (16, 21)
+    # nothing left there: every word end, as before
+    assert pause_points((0.0, 0.30), 30, 0.08) == (3,)
+
+
+def test_lead_ins_are_drawn_from_the_split_and_held_out_ones_never_train() -> None:
+    import random
+
+    with pytest.raises(ValueError, match=r"heldout_preambles shares \['so'\]"):
+        SpeechConfig(preambles=["so", "tell me"], heldout_preambles=["so"])
+    with pytest.raises(ValueError, match=r"speech\.preamble_prob"):
+        SpeechConfig(preamble_prob=1.5)
+    with pytest.raises(ValueError, match=r"speech\.preambles must not be empty"):
+        SpeechConfig(preambles=[])
+    assert SpeechConfig(preambles=[], preamble_prob=0.0).lead_in("train", random.Random(0)) == ""
+    cfg = SpeechConfig()
+    rng = random.Random(0)
+    train = [cfg.lead_in("train", rng) for _ in range(2000)]
+    held = [cfg.lead_in("heldout", rng) for _ in range(2000)]
+    assert 0.45 < train.count("") / 2000 < 0.55  # preamble_prob 0.5
+    assert set(train) - {""} == set(cfg.preambles)
+    assert set(held) - {""} == set(cfg.heldout_preambles)
 
 
 def test_voices_come_from_the_split_and_the_held_out_ones_never_train() -> None:
@@ -87,6 +117,27 @@ def test_a_script_is_spoken_and_its_clips_coded(codec) -> None:
     demo.reset()
     with pytest.raises(KeyError):
         demo.user_clip(script.id, script.turns[0])
+
+
+def test_a_lead_in_moves_the_pause_points_past_it(codec) -> None:
+    from bayling_duplex.audio.tts import synthesize as tts
+
+    always = SpeechConfig(preamble_prob=1.0)
+    demo = SpeechDemo(always, codec, seed=0)
+    script = demo.script("train", 0)
+    for turn in script.turns:
+        lead = next(p for p in always.preambles if turn.user_text.startswith(p + " "))
+        n = len(lead.split())
+        onsets = tts(turn.user_text, demo.voices[script.id]).word_onsets
+        first = int(onsets[n] / demo.frame_s)
+        assert turn.user_word_ends and min(turn.user_word_ends) >= first
+    # held-out turns take the held-out lead-ins, as part of the spoken text
+    held = SpeechDemo(always, codec, seed=0).script("heldout", 0)
+    assert all(
+        any(t.user_text.startswith(p + " ") for p in always.heldout_preambles) for t in held.turns
+    )
+    never = SpeechDemo(SpeechConfig(preamble_prob=0.0), codec, seed=0).script("train", 0)
+    assert all(t.user_text[0].isupper() for t in never.turns)
 
 
 def test_a_reader_of_many_dialogues_keeps_only_the_last_few(codec) -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import TINY_MODEL
 
-from bayling_duplex.eval.metrics import EvalItem, judge, summarize
+from bayling_duplex.eval.metrics import EvalItem, judge, length_cue, summarize
 from bayling_duplex.format.interleave import FormatSpec, ResponseEvent
 from bayling_duplex.format.layout import BlockLayout
 
@@ -85,6 +85,28 @@ def test_backchannel_and_hesitation():
     )  # 2.4 s: inside the turn
     assert judge(hes, [ev(30, 34)], never_correct, L).hesitation_kept is True
     assert judge(hes, [], never_correct, L).extra["pause_frames"] == 12
+
+
+def test_length_cue_scores_the_frames_spoken_before_a_silence():
+    items = [
+        EvalItem("t0", "turn_taking", 100, ((0, 20),)),  # a turn end after 20 frames
+        EvalItem("t1", "turn_taking", 100, ((0, 30),)),
+        # 40 frames with a 10-frame pause after 10: a pause after 10, an end after 30
+        EvalItem("h0", "hesitation", 100, ((0, 40),), pause=(10, 20)),
+        EvalItem("h1", "hesitation", 100, ((5, 35),), pause=(25, 30)),  # pause 20, end 25
+    ]
+    cue = length_cue(items, resamples=200)
+    # ends 20, 30, 30, 25 against pauses 10 (below all four) and 20 (a tie, then three)
+    assert cue["auc"] == 0.9375
+    assert (cue["dialogues"], cue["pauses"]) == (4, 2)
+    # answering 90 % of ends needs a threshold of 21.5 frames: both pauses stay silent
+    assert cue["pauses_kept"] == 1.0
+    # answering every end: a threshold of 20, so the pause after 20 frames is answered
+    assert length_cue(items, recall=1.0, resamples=200)["pauses_kept"] == 0.5
+    lo, hi = cue["auc_interval95"]
+    assert 0 <= lo <= cue["auc"] <= hi <= 1
+    assert cue["turn_speech_frames"]["n"] == 4 and cue["pause_speech_frames"]["mean"] == 15.0
+    assert length_cue(items[:2]) is None  # no hesitation dialogue
 
 
 def test_summary_rates():
@@ -197,3 +219,15 @@ def test_robustness_by_evidence_bins_the_judged_dialogues():
         in md
     )
     assert "| hesitation_robustness, pause_frames 0-10 | – |" in md
+
+
+def test_the_length_cue_is_a_check_line_in_words():
+    from bayling_duplex.eval.report import check_lines
+
+    items = [
+        EvalItem("t0", "turn_taking", 100, ((0, 20),)),
+        EvalItem("h0", "hesitation", 100, ((0, 40),), pause=(10, 20)),
+    ]
+    (line,) = check_lines({"hesitation_length_cue": length_cue(items, resamples=50)})
+    assert line.startswith("hesitation length cue (no model; pauses: 1, first-turn ends: 2)")
+    assert "AUC 1.000" in line and "keeps 100.0 % of the pauses" in line

@@ -116,3 +116,27 @@ def test_the_backchannel_check_blames_only_the_stops_the_backchannel_caused() ->
     assert c["dialogues"] == 4 and c["robustness_as_judged"] == 0.25
     assert (c["natural_ends"], c["cut_by_backchannel"], c["differ_before_onset"]) == (1, 1, 1)
     assert c["robustness_causal"] == 0.5 and c["not_kept"] == 3
+
+
+def test_the_hesitation_set_cannot_be_passed_by_counting_frames(setup) -> None:
+    """With lead-ins (the recipe's default), how long the user spoke before a silence no
+    longer tells a pause from a turn's end: a length-only rule that answers 90 % of turn
+    ends answers in many pauses too. Without them it kept 99 % of the pauses."""
+    from dataclasses import replace
+
+    from bayling_duplex.eval.metrics import length_cue
+
+    recipe, codec, spec, _ = setup
+    cfg = EvalSetConfig(source="speech_demo", turn_taking=20, interruption=0, backchannel=0,
+                        hesitation=40)  # fmt: skip
+
+    def cue(prob: float) -> dict:
+        r = replace(recipe, speech=replace(recipe.speech, preamble_prob=prob))
+        sets = build_eval_sets(cfg, spec, tokenize, codec=codec, recipe=r)
+        return length_cue([it for it, _ in sets.items], resamples=200)
+
+    with_leads, without = cue(recipe.speech.preamble_prob), cue(0.0)
+    assert with_leads["pauses"] == without["pauses"] == 40
+    assert without["pauses_kept"] >= 0.9  # the cue the lead-ins remove
+    assert with_leads["pauses_kept"] <= 0.8
+    assert with_leads["auc"] < without["auc"]
