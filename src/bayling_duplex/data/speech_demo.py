@@ -125,7 +125,8 @@ class SpeechConfig:
         )
 
     def lead_in(self, split: str, rng: random.Random) -> str:
-        """A lead-in for one user turn of ``split`` ("" for most), drawn with ``rng``."""
+        """A lead-in for one user turn of ``split``, drawn with ``rng``: "" with probability
+        1 − ``preamble_prob``."""
         if rng.random() >= self.preamble_prob:
             return ""
         pool = self.preambles if split == "train" else self.heldout_preambles

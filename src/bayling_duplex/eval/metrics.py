@@ -402,7 +402,7 @@ def length_cue(
         "pauses_kept_interval95": [round(float(lo[1]), 4), round(float(hi[1]), 4)],
         "pause_speech_frames": _stats(pauses.tolist()),
         "turn_speech_frames": _stats(a[:, 0].tolist()),
-    }  # fmt: skip
+    }
 
 
 def bootstrap_interval(
