@@ -154,11 +154,16 @@ def pause_points(
     same range as whole turns' (docs/evaluation.md, "The hesitation set's length cue");
     all word ends where that leaves none."""
     ends = word_ends(onsets, num_frames, frame_s)
-    if lead_words and len(onsets) > lead_words:
-        first = int(onsets[lead_words] / frame_s)
-    else:
-        first = num_frames // 2
+    first = question_start(onsets, frame_s, lead_words) or num_frames // 2
     return tuple(e for e in ends if e >= first) or ends
+
+
+def question_start(onsets: tuple[float, ...], frame_s: float, lead_words: int) -> int:
+    """The frame where the question proper starts after a lead-in of ``lead_words``
+    words (the frame boundary at or before its first word's onset); 0 without one."""
+    if lead_words and len(onsets) > lead_words:
+        return int(onsets[lead_words] / frame_s)
+    return 0
 
 
 class LengthCodec:
@@ -223,7 +228,8 @@ class SpeechDemo:
             question = f"{lead} {question[0].lower()}{question[1:]}" if lead else question
             utt = synthesize(question, voice)
             codes = self.codec.encode(utt.wav)
-            ends = pause_points(utt.word_onsets, len(codes), self.frame_s, len(lead.split()))
+            n_lead = len(lead.split())
+            ends = pause_points(utt.word_onsets, len(codes), self.frame_s, n_lead)
             _, a_codes = self._answer(answer)
             turn = ScriptTurn(
                 codes,
@@ -231,6 +237,7 @@ class SpeechDemo:
                 a_codes,
                 question,
                 ends,
+                question_start(utt.word_onsets, self.frame_s, n_lead),
             )
             self._user[(rid, turn)] = utt.wav
             turns.append(turn)

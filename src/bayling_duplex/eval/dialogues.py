@@ -326,6 +326,11 @@ def build_eval_sets(
                             round(len(turn.assistant_codes) * spec.layout.frame_s, 3)
                             for turn in script.turns
                         ),
+                        lead_in_frames=(
+                            tuple(turn.user_lead_in_frames for turn in script.turns)
+                            if cfg.source == "speech_demo"
+                            else ()
+                        ),
                     ),
                     codes,
                 )

@@ -50,6 +50,8 @@ class EvalItem:
     requested: str | None = None  # the set it was built for (None: the same as scenario)
     relabelled: str | None = None  # why synthesis placed it as ``scenario`` instead
     answer_s: tuple[float, ...] = ()  # per turn: the reference answer's duration (seconds)
+    # per turn: frames of a lead-in before the question proper (0: none; empty: unknown)
+    lead_in_frames: tuple[int, ...] = ()
 
 
 @dataclass
@@ -160,11 +162,19 @@ def judge_times(
             # frames of it heard before the cut: all a block-aligned model has to go on
             out.extra["backchannel_frames_before_cut"] = int(cut - item.backchannel[0])
             out.extra["backchannel_frames"] = int(item.backchannel[1] - item.backchannel[0])
+    if item.lead_in_frames:
+        out.extra["lead_in"] = "yes" if item.lead_in_frames[0] else "no"
     if item.pause is not None:
         p_s = item.pause[0] * fr
         out.false_ends = sum(p_s <= s < t_end for s, _, _ in responses)
         out.hesitation_kept = out.false_ends == 0
         out.extra["pause_frames"] = int(item.pause[1] - item.pause[0])
+        if item.lead_in_frames:
+            lead = item.lead_in_frames[0]
+            at = item.pause[0] - item.turns[0][0]  # frames of the turn spoken before it
+            out.extra["pause_place"] = (
+                "bare_question" if not lead else ("after_lead_in" if at <= lead else "in_question")
+            )
     return out
 
 
@@ -316,38 +326,56 @@ EVIDENCE_BINS = {
     "backchannel_frames_before_cut": ((1, 3), (4, 6), (7, None)),
     "pause_frames": ((0, 10), (11, 15), (16, None)),
 }
+# and by what was said before the silence (the speech demo's lead-ins): a hesitation pause
+# right after a lead-in ("let me ask you something | what is ..."), inside a question a
+# lead-in came before, or inside a bare question (its second half); a turn-taking turn
+# with or without a lead-in
+EVIDENCE_KINDS = {
+    "pause_place": ("after_lead_in", "in_question", "bare_question"),
+    "lead_in": ("yes", "no"),
+}
 
 
 def by_evidence(outcomes: list[DialogueOutcome], resamples: int = 2000, seed: int = 0) -> dict:
     """Backchannel robustness by the frames of the backchannel heard before the block
     boundary where an interruption at its onset would cut (all a block-aligned model has
-    to tell it from an interruption), and hesitation robustness by the pause's length:
-    ``{figure: {bin label: {"rate", "interval", "n"}}}``. Outcomes without the extras
-    (another judge) are left out."""
-    judged = {
-        "backchannel_robustness": (
-            "backchannel_frames_before_cut",
-            [(o.extra.get("backchannel_frames_before_cut"), o.backchannel_kept) for o in outcomes
-             if o.backchannel_kept is not None],
-        ),
-        "hesitation_robustness": (
-            "pause_frames",
-            [(o.extra.get("pause_frames"), o.hesitation_kept) for o in outcomes
-             if o.hesitation_kept is not None],
-        ),
-    }  # fmt: skip
+    to tell it from an interruption); hesitation robustness by the pause's length and by
+    where it falls (:data:`EVIDENCE_KINDS`); SR@3s of the turn-taking set by whether the
+    turn starts with a lead-in: ``{figure: {bin label: {"rate", "interval", "n"}}}``.
+    Outcomes without the extras (another judge, a source without lead-ins) are left out
+    of that breakdown; a breakdown no outcome has is left out."""
+    bc = [o for o in outcomes if o.backchannel_kept is not None]
+    hes = [o for o in outcomes if o.hesitation_kept is not None]
+    tt = [o for o in outcomes if o.scenario == "turn_taking"]
+    judged = [
+        ("backchannel_robustness", "backchannel_frames_before_cut",
+         [(o.extra.get("backchannel_frames_before_cut"), o.backchannel_kept) for o in bc]),
+        ("hesitation_robustness", "pause_frames",
+         [(o.extra.get("pause_frames"), o.hesitation_kept) for o in hes]),
+        ("hesitation_robustness", "pause_place",
+         [(o.extra.get("pause_place"), o.hesitation_kept) for o in hes]),
+        ("SR@3s turn_taking", "lead_in",
+         [(o.extra.get("lead_in"), o.taken == "success") for o in tt]),
+    ]  # fmt: skip
     out: dict = {}
-    for figure, (key, pairs) in judged.items():
+
+    def cell(xs: list[bool]) -> dict:
+        iv = bootstrap_interval(xs, resamples=resamples, seed=seed)
+        return {"rate": _rate(xs), "interval": _round(iv, 4), "n": len(xs)}
+
+    for figure, key, pairs in judged:
         bins = {}
-        for lo, hi in EVIDENCE_BINS[key]:
-            xs = [ok for k, ok in pairs if k is not None and k >= lo and (hi is None or k <= hi)]
-            label = f"{key} {lo}-{hi}" if hi is not None else f"{key} >= {lo}"
-            bins[label] = {
-                "rate": _rate(xs),
-                "interval": _round(bootstrap_interval(xs, resamples=resamples, seed=seed), 4),
-                "n": len(xs),
-            }
-        out[figure] = bins
+        if key in EVIDENCE_BINS:
+            for lo, hi in EVIDENCE_BINS[key]:
+                xs = [
+                    ok for k, ok in pairs if k is not None and k >= lo and (hi is None or k <= hi)
+                ]
+                bins[f"{key} {lo}-{hi}" if hi is not None else f"{key} >= {lo}"] = cell(xs)
+        elif any(k is not None for k, _ in pairs):
+            for kind in EVIDENCE_KINDS[key]:
+                bins[f"{key} {kind}"] = cell([ok for k, ok in pairs if k == kind])
+        if bins:
+            out.setdefault(figure, {}).update(bins)
     return out
 
 

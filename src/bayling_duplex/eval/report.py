@@ -396,8 +396,10 @@ def _evidence_rows(reports: dict[str, dict]) -> list[str]:
     lines = [
         "",
         "By evidence: backchannel robustness by the frames of the backchannel heard before "
-        "the boundary where an interruption would cut (1-3: under a quarter second of it), "
-        "hesitation robustness by the pause's length in frames:",
+        "the boundary where an interruption would cut (1-3: under a quarter second of it); "
+        "hesitation robustness by the pause's length in frames and by where it falls (right "
+        "after a lead-in, inside a question a lead-in came before, inside a bare question); "
+        "SR@3s of the turn-taking set by whether the turn starts with a lead-in:",
         "",
         "| figure, bin | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

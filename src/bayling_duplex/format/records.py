@@ -132,6 +132,10 @@ class ScriptTurn:
     user_text: str | None = None
     # frame offsets inside user_codes where a word ends: where a hesitation pause may go
     user_word_ends: tuple[int, ...] = ()
+    # frames of a lead-in ("I was wondering about something ...") spoken before the
+    # question proper, 0 without one: set by the speech demo for the evaluation's
+    # breakdowns, not part of the script record format
+    user_lead_in_frames: int = 0
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def test_a_lead_in_moves_the_pause_points_past_it(codec) -> None:
         onsets = tts(turn.user_text, demo.voices[script.id]).word_onsets
         first = int(onsets[n] / demo.frame_s)
         assert turn.user_word_ends and min(turn.user_word_ends) >= first
+        assert turn.user_lead_in_frames == first  # what the evaluation's breakdown reads
     # held-out turns take the held-out lead-ins, as part of the spoken text
     held = SpeechDemo(always, codec, seed=0).script("heldout", 0)
     assert all(
@@ -138,6 +139,7 @@ def test_a_lead_in_moves_the_pause_points_past_it(codec) -> None:
     )
     never = SpeechDemo(SpeechConfig(preamble_prob=0.0), codec, seed=0).script("train", 0)
     assert all(t.user_text[0].isupper() for t in never.turns)
+    assert all(t.user_lead_in_frames == 0 for t in never.turns)
 
 
 def test_a_reader_of_many_dialogues_keeps_only_the_last_few(codec) -> None:

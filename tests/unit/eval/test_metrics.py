@@ -221,6 +221,53 @@ def test_robustness_by_evidence_bins_the_judged_dialogues():
     assert "| hesitation_robustness, pause_frames 0-10 | – |" in md
 
 
+def test_hesitation_and_turn_taking_by_what_came_before_the_silence():
+    from bayling_duplex.eval.report import markdown_summary
+
+    # turn [10, 60) with a lead-in of 12 frames: a pause at frame 22 (12 frames in) is
+    # right after it, one at frame 30 inside the question; no lead-in: a bare question
+    def hes(i, lead, pause_at, kept):
+        item = EvalItem(f"h{i}", "hesitation", 100, ((10, 60),), pause=(pause_at, pause_at + 12),
+                        lead_in_frames=(lead,))  # fmt: skip
+        events = [] if kept else [ev(15, 18)]  # slot 15: frame 40 (3.2 s), in every pause
+        return judge(item, events, never_correct, L)
+
+    outs = [hes(0, 12, 22, True), hes(1, 12, 22, False), hes(2, 12, 30, False),
+            hes(3, 0, 40, True), hes(4, 0, 40, True)]  # fmt: skip
+    assert [o.extra["pause_place"] for o in outs] == [
+        "after_lead_in",
+        "after_lead_in",
+        "in_question",
+        "bare_question",
+        "bare_question",
+    ]
+    tt = [judge(EvalItem(f"t{i}", "turn_taking", 100, ((5, 30),), lead_in_frames=(lead,)),
+                [ev(slot, slot + 3)], never_correct, L)
+          for i, (lead, slot) in enumerate([(6, 10), (6, 9), (0, 10)])]  # fmt: skip
+    assert [o.extra["lead_in"] for o in tt] == ["yes", "yes", "no"]
+    # a source without lead-ins (the toy codes) has no breakdown, not an all-"no" one
+    plain = judge(EvalItem("p", "turn_taking", 100, ((5, 30),)), [], never_correct, L)
+    assert "lead_in" not in plain.extra
+    s = summarize(outs + tt + [plain])
+    h = s["by_evidence"]["hesitation_robustness"]
+    assert h["pause_place after_lead_in"] == {"rate": 0.5, "interval": [0.0, 1.0], "n": 2}
+    assert h["pause_place in_question"]["rate"] == 0.0
+    assert h["pause_place bare_question"]["rate"] == 1.0
+    assert h["pause_frames 11-15"]["n"] == 5  # the length bins stay beside them
+    sr = s["by_evidence"]["SR@3s turn_taking"]
+    assert sr["lead_in yes"]["rate"] == 0.5 and sr["lead_in no"]["n"] == 1
+    assert "| SR@3s turn_taking, lead_in yes | 50.0 %" in markdown_summary({"model": s})
+    # without lead-in information the breakdowns are left out, the length bins are not
+    bare = summarize([judge(EvalItem("q", "hesitation", 100, ((10, 60),), pause=(30, 42)),
+                            [], never_correct, L)])  # fmt: skip
+    assert "SR@3s turn_taking" not in bare["by_evidence"]
+    assert list(bare["by_evidence"]["hesitation_robustness"]) == [
+        "pause_frames 0-10",
+        "pause_frames 11-15",
+        "pause_frames >= 16",
+    ]
+
+
 def test_the_length_cue_is_a_check_line_in_words():
     from bayling_duplex.eval.report import check_lines
 
