@@ -70,6 +70,10 @@ class SynthesisConfig:
     interrupt_at: list[float] = field(
         default_factory=lambda: [0.2, 0.7]
     )  # share of the answer's speech
+    # an interrupted answer is cut at the first block boundary by which this many frames of
+    # the interrupting turn have been heard. 1 is format §6's rule (e' = (u_s // B + 1)·B);
+    # more is an experiment outside the contract (docs/data.md, "Interruption cuts later")
+    interruption_heard_frames: int = 1
     backchannel_at: list[float] = field(
         default_factory=lambda: [0.15, 0.6]
     )  # share of the answer's speech
@@ -103,6 +107,11 @@ class SynthesisConfig:
                 )
         if not (self.interrupt_at[0] >= 0 and self.interrupt_at[1] < 1):
             raise ValueError("synthesis.interrupt_at must lie in [0, 1)")
+        if self.interruption_heard_frames < 1:
+            raise ValueError(
+                "synthesis.interruption_heard_frames must be >= 1 (1: format §6's cut), "
+                f"got {self.interruption_heard_frames}"
+            )
         if self.max_blocks <= 1:
             raise ValueError("synthesis.max_blocks must be > 1")
 
@@ -220,7 +229,7 @@ def _place(rid, turns, ids, scenario, cfg, spec, backchannels) -> Timeline:
         if i == cut_after:
             frac = rng.uniform(*cfg.interrupt_at)
             u_s = min(e - 1, s + round(frac * (e - s)))
-            cut = (u_s // B + 1) * B
+            cut = -(-(u_s + cfg.interruption_heard_frames) // B) * B  # 1: (u_s // B + 1)·B
             if cut < e:
                 codes, e, interrupted = codes[: cut - s], cut, True
             next_start = u_s

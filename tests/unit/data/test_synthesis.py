@@ -206,6 +206,32 @@ def test_interruption_rule(layout, at, n_asst):
     assert_valid(t, ids, spec)
 
 
+@pytest.mark.parametrize("heard", [1, 4, 8, 10, 13])
+@pytest.mark.parametrize("at", [0.2, 0.4, 0.6])
+def test_interruption_heard_frames_moves_the_cut_to_a_later_boundary(heard, at):
+    # answer [20, 80); the cut is the first block boundary by which `heard` frames of the
+    # interrupting turn were heard; 1 is format §6's (u_s // B + 1)·B
+    spec = FormatSpec(L5, (SIL,))
+    script = Script("late", (turn(17, 60), turn(30, 6)))
+    ids = ids_for(script)
+    cfg = fixed(lead=2, interrupt_at=at, interruption_heard_frames=heard)
+    t = synthesize(script, ids, "interruption", cfg, spec)
+    r1 = t.responses[0]
+    u_s = t.user_segments[1].start_frame
+    assert r1.interrupted and r1.end_frame % 10 == 0
+    assert u_s + heard <= r1.end_frame < u_s + heard + 10  # the first such boundary
+    if heard == 1:
+        assert r1.end_frame == (u_s // 10 + 1) * 10
+    assert r1.codes == script.turns[0].assistant_codes[: r1.end_frame - 20]
+    assert t.responses[1].start_frame >= t.user_segments[1].end_frame
+    assert_valid(t, ids, spec)
+
+
+def test_interruption_heard_frames_below_one_is_refused():
+    with pytest.raises(ValueError, match="synthesis.interruption_heard_frames"):
+        SynthesisConfig(interruption_heard_frames=0)
+
+
 def test_interruption_in_longer_scripts_cuts_exactly_one_answer():
     spec = FormatSpec(L5, (SIL,))
     codec = ToyCodec()
