@@ -228,7 +228,7 @@ def test_interruption_heard_frames_moves_the_cut_to_a_later_boundary(heard, at):
 
 
 def test_interruption_heard_frames_below_one_is_refused():
-    with pytest.raises(ValueError, match="synthesis.interruption_heard_frames"):
+    with pytest.raises(ValueError, match=r"synthesis\.interruption_heard_frames"):
         SynthesisConfig(interruption_heard_frames=0)
 
 
