@@ -7,7 +7,8 @@ Scenario families:
 * ``interruption`` — the next user turn starts at a sampled point of an
   answer; the answer is cut where the next output block begins
   (``e' = (u_s // B + 1)·B``) and marked interrupted; the interrupting turn is
-  then answered by the turn-taking rule.
+  then answered by the turn-taking rule. ``interruption_heard_frames`` > 1 cuts
+  later, outside the contract (an experiment; off by default).
 * ``backchannel`` — a short listener response ("uh-huh") during an answer,
   which does not cut it.
 * ``hesitation`` — a pause inside a user turn (at a word end), in which no
