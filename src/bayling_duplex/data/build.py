@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bayling_duplex.data.mixer import hesitation_pauses
 from bayling_duplex.data.recipe import RecipeConfig, SourceConfig, fingerprint, vocab_fingerprint
 from bayling_duplex.data.sources import count_source, load_backchannels, read_records
 from bayling_duplex.data.synthesis import record_rng, synthesize, with_partner
@@ -119,15 +120,16 @@ def _text_ids(texts: list[str]) -> list[list[int]]:
     return _W["tok"](texts, add_special_tokens=False)["input_ids"]
 
 
-def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, list[list[int]]]]:
-    """The timelines of one source record, each with its responses' text ids.
+def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, list, list | None]]:
+    """The timelines of one source record, each with its responses' text ids and its
+    hesitation pauses (``[start, end)`` frames; None for a given timeline: not known).
 
     A timeline passes through. A script's answers are tokenized once: response
     ``i`` of a synthesised timeline is turn ``i``'s answer, so its ids are reused
     for interleaving instead of tokenizing the same texts again.
     """
     if not isinstance(record, Script):
-        return [(record, _text_ids([r.text for r in record.responses]))]
+        return [(record, _text_ids([r.text for r in record.responses]), None)]
     own = _text_ids([t.assistant_text for t in record.turns])
     out = []
     for scenario in recipe.synthesis.scenarios_for(record_rng(recipe.synthesis.seed, record.id)):
@@ -139,11 +141,12 @@ def _timelines(record, recipe: RecipeConfig, partner) -> list[tuple[Timeline, li
         if _W.get("speech") is not None and scenario == "backchannel":
             bcs = _W["speech"].backchannels(record.id)  # in this dialogue's user's voice
         t = synthesize(script, ids, scenario, recipe.synthesis, _W["spec"], bcs)
+        pauses = hesitation_pauses(t, script)  # from the codes synthesis placed
         if _W.get("mixer"):  # waveform level: mix the audio on this timeline, tokenize the channels
             t = _W["mixer"].render(whole_blocks(t, ids, _W["spec"]), script)
         if recipe.synthesis.mode == "each":  # one timeline per scenario: keep ids unique
             t = dataclasses.replace(t, id=f"{record.id}:{scenario}")
-        out.append((t, ids[: len(t.responses)]))
+        out.append((t, ids[: len(t.responses)], pauses))
     return out
 
 
@@ -195,14 +198,14 @@ def build_shard(task: ShardTask, src: SourceConfig) -> dict:
             continue
         partner = _partner(records, scripts, n)
         try:
-            for t, text_ids in _timelines(record, recipe, partner):
+            for t, text_ids, pauses in _timelines(record, recipe, partner):
                 seq = interleave(t, text_ids, spec, vocab, max_seq_len=limits.max_seq_len)
                 check_sequence(seq, spec.layout, vocab)
                 ids_parts.append(seq.input_ids.astype(np.int32))
                 cls_parts.append(seq.classes)
                 lengths.append(seq.num_blocks)
                 scenarios[t.scenario or "given"] += 1
-                rows_meta.append((t.id, t.scenario or "given", _meta_json(t)))
+                rows_meta.append((t.id, t.scenario or "given", _meta_json(t, pauses)))
                 row_records.append(record.id)
         except RecordError as e:
             rejected.append({"id": e.record_id, "reason": e.reason, "detail": e.detail})
@@ -255,16 +258,18 @@ def _partner(records: list, scripts: list[int], n: int):
     return records[scripts[k]].turns[0]
 
 
-def _meta_json(t) -> str:
-    """What evaluation, rendering and DPO need of the timeline, without its codes."""
-    return json.dumps(
-        {
-            "num_frames": t.num_frames,
-            "user_segments": [[s.start_frame, s.end_frame, s.kind] for s in t.user_segments],
-            "responses": [[r.start_frame, r.end_frame, int(r.interrupted)] for r in t.responses],
-        },
-        separators=(",", ":"),
-    )
+def _meta_json(t, pauses: list | None = None) -> str:
+    """What evaluation, rendering, DPO and the pause weight need of the timeline, without
+    its codes. ``pauses``: the hesitation pauses synthesis made (absent for a given
+    timeline, where they are not known)."""
+    meta = {
+        "num_frames": t.num_frames,
+        "user_segments": [[s.start_frame, s.end_frame, s.kind] for s in t.user_segments],
+        "responses": [[r.start_frame, r.end_frame, int(r.interrupted)] for r in t.responses],
+    }
+    if pauses is not None:
+        meta["pauses"] = [[a, b] for a, b in pauses]
+    return json.dumps(meta, separators=(",", ":"))
 
 
 def _run_task(args) -> dict:

@@ -203,10 +203,13 @@ def load_training_data(
     use_eval = data_cfg.eval_split in manifest.get("splits", {}) and eval_dialogues > 0
     splits = ("train", data_cfg.eval_split) if use_eval else ("train",)
     check_manifest(manifest, vocab, tokenizer, path, recipe, max_positions, splits)
-    keep = ["input_ids", "classes", "num_blocks"]
-    train = load_split(path, "train").select_columns(keep)
+    # meta: the hesitation pauses the pause weight reads (train/collate.py)
+    keep = ["input_ids", "classes", "num_blocks", "meta"]
+    train = load_split(path, "train")
+    train = train.select_columns([c for c in keep if c in train.column_names])
     heldout = None
     if use_eval:
         held = load_split(path, data_cfg.eval_split)
-        heldout = held.select(range(min(eval_dialogues, len(held)))).select_columns(keep)
+        held = held.select(range(min(eval_dialogues, len(held))))
+        heldout = held.select_columns([c for c in keep if c in held.column_names])
     return train, heldout, manifest

@@ -173,6 +173,33 @@ def pause_cut(
     raise ValueError("the segment is not the turn with one pause inserted")
 
 
+def turn_pauses(t: Timeline, script: Script) -> list[tuple[int, int] | None]:
+    """For each user turn of synthesised timeline ``t`` (segments of kind ``turn``, in
+    order): ``(cut, frames)`` of the hesitation pause synthesis put in it (the offset into
+    the turn's speech and the pause's length), or None. ``t`` carries the codes as
+    synthesis placed them (before a waveform render replaces them)."""
+    out: list[tuple[int, int] | None] = []
+    turns = [s for s in t.user_segments if s.kind == "turn"]
+    for seg, turn in zip(turns, script.turns, strict=False):
+        pause = (seg.end_frame - seg.start_frame) - len(turn.user_codes)
+        if pause <= 0:
+            out.append(None)
+            continue
+        codes = t.user_codes[seg.start_frame : seg.end_frame]
+        out.append((pause_cut(codes, turn.user_codes, turn.user_word_ends), pause))
+    return out
+
+
+def hesitation_pauses(t: Timeline, script: Script) -> list[tuple[int, int]]:
+    """The hesitation pauses of synthesised timeline ``t``, ``[start, end)`` in frames."""
+    turns = [s for s in t.user_segments if s.kind == "turn"]
+    return [
+        (seg.start_frame + p[0], seg.start_frame + p[0] + p[1])
+        for seg, p in zip(turns, turn_pauses(t, script), strict=False)
+        if p is not None
+    ]
+
+
 # --------------------------------------------------------------------------- the mixer
 
 
@@ -340,18 +367,16 @@ class WaveformMixer:
         spf = self.codec.samples_per_frame
         turn_segments = [s for s in t.user_segments if s.kind == "turn"]
         user, assistant, pauses = [], [], []
-        for i, seg in enumerate(turn_segments):
+        for i, (seg, hes) in enumerate(zip(turn_segments, turn_pauses(t, script), strict=True)):
             turn = script.turns[i]
             wav = self.clips.user_clip(script.id, turn)
             if trim_end_frames:
                 keep = max(1, len(turn.user_codes) - trim_end_frames) * spf
                 wav = wav[: min(len(wav), keep)]
-            pause = (seg.end_frame - seg.start_frame) - len(turn.user_codes)
-            if pause <= 0:
+            if hes is None:
                 user.append(Placement(seg.start_frame, wav))
                 continue
-            codes = t.user_codes[seg.start_frame : seg.end_frame]
-            cut = pause_cut(codes, turn.user_codes, turn.user_word_ends)
+            cut, pause = hes
             split = cut * spf
             user.append(Placement(seg.start_frame, wav[:split]))
             user.append(Placement(seg.start_frame + cut + pause, wav[split:]))

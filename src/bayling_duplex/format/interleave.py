@@ -34,6 +34,9 @@ class TokenClass(IntEnum):
     TEXT = 3  # a response's text token
     SPEECH = 4  # assistant audio frame inside a response
     SILENT_AUDIO = 5  # assistant audio frame outside every response
+    # never stored: the collator marks the [SILENCE] slots of the blocks that hear a
+    # hesitation pause (train.loss_weights.pause_silence, train/collate.py)
+    PAUSE_SILENCE = 6
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ length-grouped sampler, so padding waste is small.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -57,11 +58,45 @@ def pack_attention(model, setting: str = "auto") -> str:
     return "position_ids" if native and attn != "eager" else "mask"
 
 
+def pause_blocks(pauses, frames_per_block: int) -> list[int]:
+    """The output blocks whose user frames hold part of a hesitation pause: block ``k``
+    hears frames ``[k·B, (k+1)·B)``, so its text slots are the decisions made while the
+    user is quiet inside a turn (format §3's one-block shift)."""
+    b = frames_per_block
+    return sorted({k for s, e in pauses for k in range(s // b, (e - 1) // b + 1) if e > s})
+
+
+def mark_pause_slots(cls: torch.Tensor, pauses, frames_per_block: int, slots_per_block: int):
+    """``cls`` with the ``[SILENCE]`` slots of :func:`pause_blocks` as PAUSE_SILENCE (a copy)."""
+    blocks = pause_blocks(pauses, frames_per_block)
+    if not blocks:
+        return cls
+    block_len = 2 * frames_per_block + slots_per_block
+    k = torch.tensor(blocks)
+    pos = (k[:, None] * block_len + frames_per_block + torch.arange(slots_per_block)).flatten()
+    pos = pos[pos < len(cls)]
+    out = cls.clone()
+    hit = out[pos] == TokenClass.SILENCE_SLOT
+    out[pos[hit]] = TokenClass.PAUSE_SILENCE
+    return out
+
+
+def row_pauses(row: dict) -> list | None:
+    """The hesitation pauses a built row's ``meta`` records, or None if it records none."""
+    meta = row.get("meta")
+    if not meta:
+        return None
+    return json.loads(meta).get("pauses") if isinstance(meta, str) else meta.get("pauses")
+
+
 @dataclass
 class DuplexCollator:
     pad_id: int
     pack: bool = False
     attention: str = "mask"  # packing only: PACK_ATTENTIONS (see the module docstring)
+    # (frames_per_block, slots_per_block): mark the [SILENCE] slots that hear a hesitation
+    # pause as PAUSE_SILENCE (train.loss_weights.pause_silence); None: leave classes alone
+    pause_layout: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in PACK_ATTENTIONS:
@@ -70,6 +105,11 @@ class DuplexCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         ids = [torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows]
         cls = [torch.as_tensor(r["classes"], dtype=torch.int8) for r in rows]
+        if self.pause_layout is not None:
+            cls = [
+                mark_pause_slots(c, row_pauses(r) or (), *self.pause_layout)
+                for c, r in zip(cls, rows, strict=True)
+            ]
         if self.pack:
             return pack(ids, cls, dense_mask=self.attention == "mask")
         n = max(len(x) for x in ids)

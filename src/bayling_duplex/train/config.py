@@ -175,10 +175,14 @@ class LossWeights:
     text: float = 1.0  # response text tokens
     speech: float = 1.0  # assistant audio frames inside a response
     silent_audio: float = 1.0  # assistant audio frames outside responses
+    # [SILENCE] slots of the blocks that hear a hesitation pause (the rare "keep listening
+    # though the user went quiet" decision; needs data built with its pauses in `meta`);
+    # None: weighted as silence_slot, and the collator marks nothing
+    pause_silence: float | None = None
 
     def __post_init__(self) -> None:
         for name, w in self.__dict__.items():
-            if w < 0:
+            if w is not None and w < 0:
                 raise ValueError(f"train.loss_weights.{name} must be >= 0, got {w}")
 
     def table(self):
@@ -193,6 +197,9 @@ class LossWeights:
         w[TokenClass.TEXT] = self.text
         w[TokenClass.SPEECH] = self.speech
         w[TokenClass.SILENT_AUDIO] = self.silent_audio
+        w[TokenClass.PAUSE_SILENCE] = (
+            self.silence_slot if self.pause_silence is None else self.pause_silence
+        )
         return w
 
 

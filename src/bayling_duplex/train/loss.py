@@ -36,7 +36,12 @@ from bayling_duplex.train.output_layer import call_output_layer, final_hidden_st
 
 log = logging.getLogger("bayling_duplex.train")
 
-TEXT_CHANNEL = (TokenClass.SILENCE_SLOT, TokenClass.CONTROL, TokenClass.TEXT)
+TEXT_CHANNEL = (
+    TokenClass.SILENCE_SLOT,
+    TokenClass.CONTROL,
+    TokenClass.TEXT,
+    TokenClass.PAUSE_SILENCE,
+)
 AUDIO_CHANNEL = (TokenClass.SPEECH, TokenClass.SILENT_AUDIO)
 
 

@@ -50,6 +50,25 @@ def stop_after(step: int):
     return StopAfter()
 
 
+def _pause_layout(conf, train_ds, layout) -> tuple[int, int] | None:
+    """What the collator needs to mark hesitation-pause slots, or None when
+    ``train.loss_weights.pause_silence`` is unset. Refused, naming the key, when the
+    training data records no pauses (a build before they were recorded, or given
+    timelines, whose pauses are not known)."""
+    if conf.train.loss_weights.pause_silence is None:
+        return None
+    from bayling_duplex.train.collate import row_pauses
+
+    head = train_ds.select(range(min(len(train_ds), 256)))
+    if all(row_pauses(r) is None for r in head):
+        raise ValueError(
+            "train.loss_weights.pause_silence is set, but the training data records no "
+            f"hesitation pauses in its rows' meta ({conf.data.path}): rebuild it with "
+            "`python -m bayling_duplex.data build ... overwrite=true`, or unset the key"
+        )
+    return (layout.frames_per_block, layout.slots_per_block)
+
+
 def run_sft(conf, run_dir: Path) -> dict:
     """Train; write checkpoints, ``final/`` and ``summary.json`` into ``run_dir``; return the summary."""
     from bayling_duplex.data.load import load_training_data, manifest_format
@@ -79,6 +98,7 @@ def run_sft(conf, run_dir: Path) -> dict:
         conf.vocab,
         max_positions=getattr(model.config, "max_position_embeddings", None),
     )
+    pause_layout = _pause_layout(conf, train_ds, manifest_format(manifest).layout)
     # 3. optional LoRA
     if conf.lora.enabled:
         from peft import get_peft_model
@@ -104,6 +124,7 @@ def run_sft(conf, run_dir: Path) -> dict:
             pad_id=vocab.silence_id,
             pack=conf.train.pack,
             attention=pack_attention(model, conf.train.pack_attention),
+            pause_layout=pause_layout,
         ),
         processing_class=tokenizer,
         callbacks=callbacks,

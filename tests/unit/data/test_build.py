@@ -109,6 +109,29 @@ def test_shards_load_as_checked_sequences(built, tiny_backbone):
     assert len(held) == 20 and all(i.startswith("demo-heldout-") for i in held["id"])
 
 
+def test_meta_records_the_hesitation_pauses(built, tiny_backbone):
+    """Each hesitation dialogue's pause lies inside one of its user turns, on the silence
+    pattern; no other dialogue records one (the pause weight marks the slots hearing them)."""
+    _, out, m = built
+    vocab = tiny_backbone[2]
+    silence = set(m["silence_codes"])
+    seen = 0
+    for row in load_split(out, "train"):
+        meta = json.loads(row["meta"])
+        if row["scenario"] != "hesitation":
+            assert meta["pauses"] == []
+            continue
+        assert meta["pauses"], row["id"]
+        ids = np.asarray(row["input_ids"]).reshape(row["num_blocks"], LAYOUT.block_len)
+        user = ids[:, : LAYOUT.frames_per_block].reshape(-1) - vocab.audio_start_id
+        turns = [(a, b) for a, b, kind in meta["user_segments"] if kind == "turn"]
+        for s, e in meta["pauses"]:
+            assert any(a < s < e < b for a, b in turns), (row["id"], s, e)
+            assert {int(c) for c in user[s:e]} <= silence, (row["id"], s, e)
+            seen += 1
+    assert seen >= 3
+
+
 # --------------------------------------------------------------------------- resume
 
 

@@ -268,7 +268,7 @@ def test_build_with_the_waveform_hook(scripts, tiny_cache, tmp_path, monkeypatch
 
     def recording(record, recipe, partner):  # keeps what the build's mixer rendered
         out = timelines(record, recipe, partner)
-        rendered.update({(t.id, t.scenario): t for t, _ in out})
+        rendered.update({(t.id, t.scenario): t for t, _, _ in out})
         return out
 
     monkeypatch.setattr(build, "_timelines", recording)
