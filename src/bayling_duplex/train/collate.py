@@ -84,9 +84,7 @@ def mark_pause_slots(cls: torch.Tensor, pauses, frames_per_block: int, slots_per
 def row_pauses(row: dict) -> list | None:
     """The hesitation pauses a built row's ``meta`` records, or None if it records none."""
     meta = row.get("meta")
-    if not meta:
-        return None
-    return json.loads(meta).get("pauses") if isinstance(meta, str) else meta.get("pauses")
+    return json.loads(meta).get("pauses") if meta else None
 
 
 @dataclass

@@ -1,16 +1,13 @@
 """The hesitation-pause weight (train.loss_weights.pause_silence): which slots the collator
-marks, how the loss weighs them, and refusal where the data records no pauses."""
+marks and how the loss weighs them (its use in the SFT stage: test_sft.py)."""
 
 from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 import torch
-from helpers import TINY_MODEL, build_small_demo, compose_conf
 
-from bayling_duplex.data.build import load_split
 from bayling_duplex.format.interleave import TokenClass
 from bayling_duplex.train.collate import DuplexCollator, mark_pause_slots, pause_blocks
 from bayling_duplex.train.loss import TEXT_CHANNEL, LossWeights, channel_sums, weighted_mean
@@ -101,63 +98,3 @@ def test_the_loss_weighs_a_pause_slot_by_its_weight():
     assert weighted_mean(ce, classes, w).item() == pytest.approx((2 * 1 + 6 * 3) / 8)
     sums = channel_sums(ce, classes)  # held-out figures count it as text channel
     assert sums["text_count"].item() == 2 and sums["text_sum"].item() == 4.0
-
-
-# --------------------------------------------------------------------------- in the SFT stage
-
-
-TINY = [
-    "data=demo",
-    "train.behaviour_dialogues=0",
-    *TINY_MODEL,
-    "run.wandb.mode=disabled",
-    "train.batch_size=4",
-    "train.eval_dialogues=8",
-    "train.eval_steps=0",
-]
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pause-data")
-    return build_small_demo(root / "demo", root / "cache")
-
-
-def test_built_hesitation_rows_get_marked_slots(small_data):
-    rows = [r for r in load_split(small_data, "train") if r["scenario"] == "hesitation"][:4]
-    assert rows
-    batch = DuplexCollator(pad_id=0, pause_layout=(B, T))(rows)
-    marked = (batch["classes"] == P).sum(dim=1)
-    assert (marked > 0).all() and (marked % T == 0).all()  # whole blocks of silence slots
-
-
-def test_sft_trains_with_the_pause_weight(small_data, tmp_path):
-    from bayling_duplex.train.sft import run_sft
-
-    conf = compose_conf(
-        "sft",
-        [
-            *TINY,
-            f"data.path={small_data}",
-            "train.max_steps=2",
-            "train.loss_weights.pause_silence=4",
-        ],
-    )
-    assert run_sft(conf, tmp_path)["steps"] == 2
-
-
-def test_data_without_recorded_pauses_is_refused_naming_the_key(tmp_path):
-    from bayling_duplex.format.layout import BlockLayout
-    from bayling_duplex.train.sft import _pause_layout
-
-    conf = compose_conf("sft", [*TINY, "train.loss_weights.pause_silence=4"])
-    old = datasets.Dataset.from_dict({"meta": [json.dumps({"num_frames": 10})] * 3})
-    with pytest.raises(ValueError, match=r"train\.loss_weights\.pause_silence"):
-        _pause_layout(conf, old, BlockLayout(B, T))
-    unset = compose_conf("sft", TINY)
-    assert _pause_layout(unset, old, BlockLayout(B, T)) is None
-
-
-def test_a_wrong_value_fails_naming_the_key():
-    with pytest.raises(Exception, match=r"pause_silence"):
-        compose_conf("sft", [*TINY, "train.loss_weights.pause_silence=loud"])

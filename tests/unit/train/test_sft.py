@@ -417,3 +417,41 @@ def test_cli_ctrl_c_prints_one_line_and_exits_130(small_data, tmp_path):
     )
     assert m, last
     assert m.group(2).endswith(f"checkpoint-{m.group(1)}") and Path(m.group(2)).is_dir()
+
+
+# --------------------------------------------------------------------------- the pause weight
+
+
+def test_built_hesitation_rows_get_marked_slots(small_data):
+    from bayling_duplex.data.build import load_split
+
+    rows = [r for r in load_split(small_data, "train") if r["scenario"] == "hesitation"][:4]
+    assert rows
+    batch = DuplexCollator(pad_id=0, pause_layout=(10, 5))(rows)
+    marked = (batch["classes"] == TokenClass.PAUSE_SILENCE).sum(dim=1)
+    assert (marked > 0).all() and (marked % 5 == 0).all()  # whole blocks of silence slots
+
+
+def test_sft_trains_with_the_pause_weight(small_data, tmp_path):
+    from bayling_duplex.train.sft import run_sft
+
+    conf = sft_conf(small_data, "train.max_steps=2", "train.loss_weights.pause_silence=4")
+    assert run_sft(conf, tmp_path)["steps"] == 2
+
+
+def test_data_without_recorded_pauses_is_refused_naming_the_key(tmp_path):
+    import datasets
+
+    from bayling_duplex.format.layout import BlockLayout
+    from bayling_duplex.train.sft import _pause_layout
+
+    conf = sft_conf(tmp_path, "train.loss_weights.pause_silence=4")
+    old = datasets.Dataset.from_dict({"meta": [json.dumps({"num_frames": 10})] * 3})
+    with pytest.raises(ValueError, match=r"train\.loss_weights\.pause_silence"):
+        _pause_layout(conf, old, BlockLayout(10, 5))
+    assert _pause_layout(sft_conf(tmp_path), old, BlockLayout(10, 5)) is None
+
+
+def test_a_wrong_pause_weight_fails_naming_the_key(tmp_path):
+    with pytest.raises(Exception, match=r"pause_silence"):
+        sft_conf(tmp_path, "train.loss_weights.pause_silence=loud")
