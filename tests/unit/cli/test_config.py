@@ -230,13 +230,14 @@ def test_dpo_defaults_of_the_generic_keys_are_kept():
         adam_beta2=0.999,  # transformers' default, which DPO ran with
     )
     sft = to_dataclass(_compose("sft", []), schemas.SftConfig)
-    # configs/sft.yaml sets the main job's epochs, evaluation, control and silence weights
-    assert (sft.optim.lr, sft.optim.adam_beta2, sft.train.epochs, sft.train.eval_steps) == (
-        2e-3,
-        0.98,
-        6.0,
-        0,
-    )
+    # configs/sft.yaml sets the main job's epochs, batch, evaluation, control and silence weights
+    assert (
+        sft.optim.lr,
+        sft.optim.adam_beta2,
+        sft.train.epochs,
+        sft.train.batch_size,
+        sft.train.eval_steps,
+    ) == (2e-3, 0.98, 6.0, 4, 0)
     assert (sft.train.loss_weights.control, sft.train.loss_weights.silence_slot) == (2.0, 2.0)
     assert (sft.train.loss_weights.text, sft.train.loss_weights.speech) == (1.0, 1.0)
 
