@@ -1,6 +1,6 @@
 """The README's main job and evaluation, end to end, on the real-speech default.
 
-Slow: ≈ 21 min on a quiet 2-core host.
+Slow: ≈ 13 min on the 2-core machine of 2026-12-04 (main job and evaluation), ≈ 21 min on slower ones.
 
 What is asserted is what the default run is claimed to do (docs/evaluation.md, "The
 default run's behaviour"); the bars it does not reach yet (hesitation and backchannel
@@ -42,8 +42,10 @@ def test_the_default_run_hears_turn_ends_on_held_out_voices(tmp_path: Path) -> N
     assert report["model"]["checks"]["no_marker"]["passed"]
     # the hesitation set cannot be passed by counting the frames spoken before a silence
     assert report["model"]["checks"]["hesitation_length_cue"]["pauses_kept"] <= 0.8
-    # a regression guard (measured 0.859 [0.811, 0.903] on 2026-12-03); the bar is 0.90
-    assert model["turn_taking"]["SR@3s"] >= 0.80
+    # regression guards (measured 0.912 [0.872, 0.943] and 0.74 [0.62, 0.86] on 2026-12-04,
+    # batches of 4; batches of 16 gave 0.859 and 0.50); the bars are 0.90
+    assert model["turn_taking"]["SR@3s"] >= 0.85
+    assert model["hesitation_robustness"] >= 0.60
     assert model["interruption"]["ISR@2s"] >= 0.95
     assert model["interruption"]["speaking_at_onset_rate"] >= 0.90
     vad800, vad500 = report["silero-800ms"]["summary"], report["silero-500ms"]["summary"]
