@@ -221,9 +221,17 @@ class SftTrainConfig(TrainConfig):
     # assistant-audio targets normalised over the audio ids only, text-channel targets over
     # the other ids (the decoder's masks); off: every target over the whole vocabulary
     channel_softmax: bool = False
+    # share of the user's speech codes replaced, each training step, by user codes drawn
+    # from elsewhere in the batch (input noise against memorising; train/augment.py); 0: off
+    user_unit_swap: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.user_unit_swap < 1:
+            raise ValueError(
+                f"train.user_unit_swap must be in [0, 1) (a share of the user's codes), "
+                f"got {self.user_unit_swap}"
+            )
         if self.loss_impl not in LOSS_IMPLS:
             raise ValueError(f"train.loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
         if self.pack_attention not in PACK_ATTENTION:

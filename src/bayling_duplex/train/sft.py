@@ -133,6 +133,8 @@ def run_sft(conf, run_dir: Path) -> dict:
         audio_columns=(
             (vocab.audio_start_id, vocab.audio_end_id) if conf.train.channel_softmax else None
         ),
+        user_unit_swap=conf.train.user_unit_swap,
+        audio_range=(vocab.audio_start_id, vocab.audio_end_id),
     )
     run_loss.trainer = trainer
     if behaviour is not None:

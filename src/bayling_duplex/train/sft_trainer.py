@@ -5,7 +5,8 @@ Two methods of :class:`DuplexTrainer` are overridden, nothing else:
 
 * :meth:`DuplexTrainer.compute_loss` — the class-weighted loss of format §5
   instead of the model's plain CE (the collator passes ``classes``), by default
-  without the full logits (:class:`~bayling_duplex.train.loss.DuplexLoss`).
+  without the full logits (:class:`~bayling_duplex.train.loss.DuplexLoss`); with
+  ``train.user_unit_swap`` > 0, on user codes noised first (``train/augment.py``).
 * :meth:`DuplexTrainer.evaluate` — held-out loss split by channel (text
   channel vs assistant audio), which the stock loop cannot report.
 
@@ -26,6 +27,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from bayling_duplex.train.augment import swap_user_units
 from bayling_duplex.train.loss import DuplexLoss, resolve_impl
 from bayling_duplex.train.output_layer import check_hidden_state_forward
 
@@ -42,10 +44,17 @@ class DuplexTrainer(Trainer):
         loss_weights: torch.Tensor,
         loss_impl: str = "chunked",
         audio_columns: tuple[int, int] | None = None,
+        user_unit_swap: float = 0.0,
+        audio_range: tuple[int, int] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_weights = loss_weights
+        if user_unit_swap > 0 and audio_range is None:
+            raise ValueError("train.user_unit_swap needs the audio id range")
+        self.user_unit_swap = user_unit_swap
+        self.audio_range = audio_range
+        self._swap_rng = torch.Generator().manual_seed(self.args.seed)
         impl = resolve_impl(loss_impl, self.args.device, audio_columns)
         if impl != "full":
             check_hidden_state_forward(self.model)
@@ -55,6 +64,10 @@ class DuplexTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         classes = inputs.pop("classes")
+        if self.user_unit_swap > 0 and model.training:
+            inputs["input_ids"] = swap_user_units(
+                inputs["input_ids"], classes, self.user_unit_swap, self.audio_range, self._swap_rng
+            )
         loss, outputs = self.duplex_loss(model, inputs, classes)
         return (loss, outputs) if return_outputs else loss
 

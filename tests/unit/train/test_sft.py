@@ -439,6 +439,13 @@ def test_sft_trains_with_the_pause_weight(small_data, tmp_path):
     assert run_sft(conf, tmp_path)["steps"] == 2
 
 
+def test_sft_trains_with_user_unit_noise(small_data, tmp_path):
+    from bayling_duplex.train.sft import run_sft
+
+    conf = sft_conf(small_data, "train.max_steps=2", "train.user_unit_swap=0.2")
+    assert run_sft(conf, tmp_path)["steps"] == 2
+
+
 def test_data_without_recorded_pauses_is_refused_naming_the_key(tmp_path):
     import datasets
 
