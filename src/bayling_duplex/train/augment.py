@@ -7,7 +7,9 @@ the user's speech codes (positions of class ``USER_AUDIO`` that hold an audio id
 user codes drawn at random from elsewhere in the same batch, so the replacements follow
 the channel's own unit distribution, silence units included, and add no code the data
 lacks. Only inputs change: user codes are never targets (format §5), and the
-assistant's codes, which are, are left alone. Held-out losses and every evaluation see
+assistant's codes, which are, are left alone. With ``train.user_unit_swap_scope=speech``
+only the frames inside the user's recorded speech segments are replaced, by codes from
+the same frames: the silences, and so the pauses and turn ends, stay as built. Held-out losses and every evaluation see
 the data as built (:meth:`DuplexTrainer.evaluate` does not call this).
 
 No kept library does this for token ids (audio augmentation libraries work on
@@ -28,17 +30,23 @@ def swap_user_units(
     share: float,
     audio_range: tuple[int, int],
     generator: torch.Generator,
+    region: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``input_ids`` with about ``share`` of its user audio codes replaced (a new tensor).
 
     ``audio_range`` is ``(first audio id, one past the last)``; padding and the prompt's
     text ids are not audio ids, so they are never chosen nor used as replacements.
-    ``generator`` (CPU) makes the choice reproducible for a given seed and step order.
+    ``region`` (bool, the shape of ``input_ids``): only these positions are replaced and
+    only their codes replace them (``train.user_unit_swap_scope=speech``: the frames
+    where the user speaks, so a pause keeps its silence). ``generator`` (CPU) makes the
+    choice reproducible for a given seed and step order.
     """
     if share <= 0:
         return input_ids
     lo, hi = audio_range
     user = (classes == TokenClass.USER_AUDIO) & (input_ids >= lo) & (input_ids < hi)
+    if region is not None:
+        user &= region.to(user.device)
     where = user.nonzero(as_tuple=True)
     n = where[0].numel()
     if n == 0:

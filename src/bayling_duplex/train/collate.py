@@ -81,6 +81,29 @@ def mark_pause_slots(cls: torch.Tensor, pauses, frames_per_block: int, slots_per
     return out
 
 
+def speech_positions(
+    segments, frames_per_block: int, slots_per_block: int, length: int
+) -> torch.Tensor:
+    """``[length]`` bool: True at the user audio positions whose frame lies in one of the
+    user's ``segments`` (``[start, end, kind]`` frames, as a built row's ``meta`` records
+    them). Frame ``f`` sits at position ``(f // B)·(2B + T) + f % B`` (``U_k`` opens each block)."""
+    b = frames_per_block
+    block_len = 2 * b + slots_per_block
+    out = torch.zeros(length, dtype=torch.bool)
+    frames = [f for s, e, *_ in segments for f in range(int(s), int(e))]
+    if frames:
+        f = torch.tensor(frames)
+        pos = (f // b) * block_len + f % b
+        out[pos[pos < length]] = True
+    return out
+
+
+def row_segments(row: dict) -> list | None:
+    """The user's speech segments a built row's ``meta`` records, or None if it records none."""
+    meta = row.get("meta")
+    return json.loads(meta).get("user_segments") if meta else None
+
+
 def row_pauses(row: dict) -> list | None:
     """The hesitation pauses a built row's ``meta`` records, or None if it records none."""
     meta = row.get("meta")
@@ -95,6 +118,9 @@ class DuplexCollator:
     # (frames_per_block, slots_per_block): mark the [SILENCE] slots that hear a hesitation
     # pause as PAUSE_SILENCE (train.loss_weights.pause_silence); None: leave classes alone
     pause_layout: tuple[int, int] | None = None
+    # (frames_per_block, slots_per_block): add ``user_speech``, the user audio positions
+    # inside the user's recorded speech (train.user_unit_swap_scope=speech); None: no such key
+    speech_layout: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in PACK_ATTENTIONS:
@@ -108,8 +134,17 @@ class DuplexCollator:
                 mark_pause_slots(c, row_pauses(r) or (), *self.pause_layout)
                 for c, r in zip(cls, rows, strict=True)
             ]
+        speech = None
+        if self.speech_layout is not None:
+            speech = [
+                speech_positions(row_segments(r) or (), *self.speech_layout, len(x))
+                for x, r in zip(ids, rows, strict=True)
+            ]
         if self.pack:
-            return pack(ids, cls, dense_mask=self.attention == "mask")
+            out = pack(ids, cls, dense_mask=self.attention == "mask")
+            if speech is not None:
+                out["user_speech"] = torch.cat(speech)[None]
+            return out
         n = max(len(x) for x in ids)
         out_ids = torch.full((len(ids), n), self.pad_id, dtype=torch.long)
         out_cls = torch.full((len(ids), n), TokenClass.USER_AUDIO, dtype=torch.int8)
@@ -120,12 +155,18 @@ class DuplexCollator:
             out_cls[i, : len(x)] = c
             mask[i, : len(x)] = 1
             pos[i, : len(x)] = torch.arange(len(x))
-        return {
+        out = {
             "input_ids": out_ids,
             "classes": out_cls,
             "attention_mask": mask,
             "position_ids": pos,
         }
+        if speech is not None:
+            region = torch.zeros((len(ids), n), dtype=torch.bool)
+            for i, r in enumerate(speech):
+                region[i, : len(r)] = r
+            out["user_speech"] = region
+        return out
 
 
 def pack(

@@ -71,6 +71,7 @@ LOSS_IMPLS = ("chunked", "liger", "full")
 # find the boundaries); mask: a dense block-diagonal 4-D mask (the eager fallback); auto:
 # mask for eager attention or a model outside transformers, position_ids otherwise.
 PACK_ATTENTION = ("auto", "position_ids", "mask")
+USER_UNIT_SWAP_SCOPES = ("all", "speech")
 
 
 # ----------------------------------------------------------------------------- both stages
@@ -224,9 +225,17 @@ class SftTrainConfig(TrainConfig):
     # share of the user's speech codes replaced, each training step, by user codes drawn
     # from elsewhere in the batch (input noise against memorising; train/augment.py); 0: off
     user_unit_swap: float = 0.0
+    # USER_UNIT_SWAP_SCOPES: all (every user code, silences too), speech (only the frames
+    # inside the user's recorded speech segments; needs data whose rows' meta records them)
+    user_unit_swap_scope: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.user_unit_swap_scope not in USER_UNIT_SWAP_SCOPES:
+            raise ValueError(
+                f"train.user_unit_swap_scope must be one of {USER_UNIT_SWAP_SCOPES}, "
+                f"got {self.user_unit_swap_scope!r}"
+            )
         if not 0 <= self.user_unit_swap < 1:
             raise ValueError(
                 f"train.user_unit_swap must be in [0, 1) (a share of the user's codes), "

@@ -69,6 +69,24 @@ def _pause_layout(conf, train_ds, layout) -> tuple[int, int] | None:
     return (layout.frames_per_block, layout.slots_per_block)
 
 
+def _speech_layout(conf, train_ds, layout) -> tuple[int, int] | None:
+    """What the collator needs to mark the user's speech frames, or None unless
+    ``train.user_unit_swap_scope`` is ``speech`` (with a swap share set). Refused, naming
+    the key, when the training data records no speech segments in its rows' meta."""
+    if conf.train.user_unit_swap <= 0 or conf.train.user_unit_swap_scope != "speech":
+        return None
+    from bayling_duplex.train.collate import row_segments
+
+    head = train_ds.select(range(min(len(train_ds), 256)))
+    if all(row_segments(r) is None for r in head):
+        raise ValueError(
+            "train.user_unit_swap_scope=speech, but the training data records no user "
+            f"speech segments in its rows' meta ({conf.data.path}): use "
+            "train.user_unit_swap_scope=all, or rebuild the data"
+        )
+    return (layout.frames_per_block, layout.slots_per_block)
+
+
 def run_sft(conf, run_dir: Path) -> dict:
     """Train; write checkpoints, ``final/`` and ``summary.json`` into ``run_dir``; return the summary."""
     from bayling_duplex.data.load import load_training_data, manifest_format
@@ -99,6 +117,7 @@ def run_sft(conf, run_dir: Path) -> dict:
         max_positions=getattr(model.config, "max_position_embeddings", None),
     )
     pause_layout = _pause_layout(conf, train_ds, manifest_format(manifest).layout)
+    speech_layout = _speech_layout(conf, train_ds, manifest_format(manifest).layout)
     # 3. optional LoRA
     if conf.lora.enabled:
         from peft import get_peft_model
@@ -125,6 +144,7 @@ def run_sft(conf, run_dir: Path) -> dict:
             pack=conf.train.pack,
             attention=pack_attention(model, conf.train.pack_attention),
             pause_layout=pause_layout,
+            speech_layout=speech_layout,
         ),
         processing_class=tokenizer,
         callbacks=callbacks,

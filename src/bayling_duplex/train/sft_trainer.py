@@ -64,9 +64,15 @@ class DuplexTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         classes = inputs.pop("classes")
+        region = inputs.pop("user_speech", None)
         if self.user_unit_swap > 0 and model.training:
             inputs["input_ids"] = swap_user_units(
-                inputs["input_ids"], classes, self.user_unit_swap, self.audio_range, self._swap_rng
+                inputs["input_ids"],
+                classes,
+                self.user_unit_swap,
+                self.audio_range,
+                self._swap_rng,
+                region,
             )
         loss, outputs = self.duplex_loss(model, inputs, classes)
         return (loss, outputs) if return_outputs else loss
@@ -83,6 +89,7 @@ class DuplexTrainer(Trainer):
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             classes = inputs.pop("classes")
+            inputs.pop("user_speech", None)
             with self.compute_loss_context_manager():
                 figures = self.duplex_loss.figures(model, inputs, classes)
             weighted += figures.pop("weighted").detach().float()

@@ -87,3 +87,53 @@ def test_training_steps_see_noised_user_codes_and_evaluation_does_not(tiny_backb
 def test_a_share_outside_zero_to_one_fails_naming_the_key(share):
     with pytest.raises(Exception, match=r"user_unit_swap"):
         compose_conf("sft", [*TINY_MODEL, f"train.user_unit_swap={share}"])
+
+
+def test_speech_positions_follow_the_block_layout():
+    from bayling_duplex.train.collate import speech_positions
+
+    # frames 8..12 and 25: block 0 slots 8-9, block 1 slots 0-2, block 2 slot 5
+    got = speech_positions([[8, 13, "turn"], [25, 26, "turn"]], 10, 5, 3 * 25)
+    want = {8, 9, 25, 26, 27, 55}
+    assert set(got.nonzero().flatten().tolist()) == want
+    # past the sequence's end: nothing, no error
+    assert not speech_positions([[80, 90, "turn"]], 10, 5, 75).any()
+
+
+def test_the_speech_scope_keeps_silences_as_built():
+    ids, cls = _batch()
+    region = torch.zeros_like(cls, dtype=torch.bool)
+    region[:, 100:300] = True
+    out = swap_user_units(ids, cls, 0.5, (LO, HI), torch.Generator().manual_seed(2), region)
+    changed = out != ids
+    assert changed[:, 100:300].any() and not changed[:, :100].any() and not changed[:, 300:].any()
+    user = (cls == U) & region
+    assert set(out[changed].tolist()) <= set(ids[user].tolist())
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_the_collator_adds_the_speech_region_only_when_asked(pack):
+    import json
+
+    from bayling_duplex.train.collate import DuplexCollator
+
+    block = [U] * 10 + [S] * 5 + [SP] * 10
+    rows = [
+        {
+            "input_ids": [LO] * n * 25,
+            "classes": block * n,
+            "meta": json.dumps({"user_segments": [[0, 12, "turn"]]}),
+        }
+        for n in (3, 2)
+    ]
+    plain = DuplexCollator(pad_id=PAD, pack=pack)(rows)
+    assert "user_speech" not in plain
+    batch = DuplexCollator(pad_id=PAD, pack=pack, speech_layout=(10, 5))(rows)
+    region = batch["user_speech"]
+    assert region.shape == batch["input_ids"].shape and region.dtype == torch.bool
+    assert int(region.sum()) == 2 * 12  # 12 frames in each dialogue
+
+
+def test_an_unknown_scope_fails_naming_the_key():
+    with pytest.raises(Exception, match=r"user_unit_swap_scope"):
+        compose_conf("sft", [*TINY_MODEL, "train.user_unit_swap_scope=silence"])

@@ -442,8 +442,27 @@ def test_sft_trains_with_the_pause_weight(small_data, tmp_path):
 def test_sft_trains_with_user_unit_noise(small_data, tmp_path):
     from bayling_duplex.train.sft import run_sft
 
-    conf = sft_conf(small_data, "train.max_steps=2", "train.user_unit_swap=0.2")
-    assert run_sft(conf, tmp_path)["steps"] == 2
+    for scope in ("all", "speech"):
+        conf = sft_conf(
+            small_data,
+            "train.max_steps=2",
+            "train.user_unit_swap=0.2",
+            f"train.user_unit_swap_scope={scope}",
+        )
+        assert run_sft(conf, tmp_path / scope)["steps"] == 2
+
+
+def test_the_speech_scope_on_data_without_segments_is_refused_naming_the_key(tmp_path):
+    import datasets
+
+    from bayling_duplex.format.layout import BlockLayout
+    from bayling_duplex.train.sft import _speech_layout
+
+    conf = sft_conf(tmp_path, "train.user_unit_swap=0.2", "train.user_unit_swap_scope=speech")
+    old = datasets.Dataset.from_dict({"meta": [json.dumps({"num_frames": 10})] * 3})
+    with pytest.raises(ValueError, match=r"train\.user_unit_swap_scope"):
+        _speech_layout(conf, old, BlockLayout(10, 5))
+    assert _speech_layout(sft_conf(tmp_path), old, BlockLayout(10, 5)) is None
 
 
 def test_data_without_recorded_pauses_is_refused_naming_the_key(tmp_path):
