@@ -54,7 +54,8 @@ class DuplexTrainer(Trainer):
             raise ValueError("train.user_unit_swap needs the audio id range")
         self.user_unit_swap = user_unit_swap
         self.audio_range = audio_range
-        self._swap_rng = torch.Generator().manual_seed(self.args.seed)
+        self._swap_rng = torch.Generator()
+        self._swap_at = (-1, 0)  # (global step, micro-batch within it) of the last noise
         impl = resolve_impl(loss_impl, self.args.device, audio_columns)
         if impl != "full":
             check_hidden_state_forward(self.model)
@@ -66,6 +67,11 @@ class DuplexTrainer(Trainer):
         classes = inputs.pop("classes")
         region = inputs.pop("user_speech", None)
         if self.user_unit_swap > 0 and model.training:
+            # seeded by (run.seed, step, micro-batch): a resumed run draws the same noise
+            step = self.state.global_step
+            micro = self._swap_at[1] + 1 if self._swap_at[0] == step else 0
+            self._swap_at = (step, micro)
+            self._swap_rng.manual_seed(self.args.seed * 1_000_003 + step * 64 + micro)
             inputs["input_ids"] = swap_user_units(
                 inputs["input_ids"],
                 classes,

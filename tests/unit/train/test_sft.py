@@ -126,12 +126,13 @@ def test_sft_cpu_run_writes_checkpoint_and_changes_every_parameter(small_data, t
         assert not torch.equal(p0, p1), f"{name} did not change"
 
 
-def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path, caplog):
+@pytest.mark.parametrize("noise", [[], ["train.user_unit_swap=0.3"]], ids=["plain", "noised"])
+def test_resume_reproduces_the_uninterrupted_losses(small_data, tmp_path, caplog, noise):
     import logging
 
     from bayling_duplex.train.sft import run_sft
 
-    steps = ["train.max_steps=6", "train.save_steps=3", "train.eval_dialogues=0"]
+    steps = ["train.max_steps=6", "train.save_steps=3", "train.eval_dialogues=0", *noise]
     full = run_sft(sft_conf(small_data, *steps), tmp_path / "full")
     run_sft(sft_conf(small_data, *steps, "train.stop_after_steps=3"), tmp_path / "cut")
     assert not (tmp_path / "cut" / "final").exists()
