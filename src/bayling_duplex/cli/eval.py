@@ -91,6 +91,17 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
             return t(texts, add_special_tokens=False)["input_ids"]
 
         if evalsets is None:
+            seen = [k for k in ("split", "voice_split") if getattr(conf.evalset, k) == "train"]
+            if seen:
+                log.warning(
+                    "evalset.%s=train: these dialogues use training %s, so the figures are "
+                    "a diagnostic, not held-out results",
+                    " and evalset.".join(seen),
+                    " and ".join(
+                        {"split": "questions and lead-ins", "voice_split": "voices"}[k]
+                        for k in seen
+                    ),
+                )
             evalsets = build_eval_sets(conf.evalset, spec, tokenize, codec=codec)
             cue = length_cue([it for it, _ in evalsets.items])
             if cue is not None:

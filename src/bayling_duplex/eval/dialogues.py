@@ -43,7 +43,9 @@ class EvalSetConfig:
     source: str = "auto"
     path: str | None = None
     recipe: str = "speech_demo"  # speech_demo: the recipe whose speech and noise settings to use
-    split: str = "heldout"
+    split: str = "heldout"  # whose questions (and lead-ins); train: a diagnostic, not held out
+    # speech_demo: whose voices; train: a diagnostic (seen voices), not a held-out figure
+    voice_split: str = "heldout"
     turn_taking: int = 100
     interruption: int = 100
     backchannel: int = 50
@@ -55,6 +57,11 @@ class EvalSetConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"evalset.source must be one of {SOURCES}, got {self.source!r}")
+        for key in ("split", "voice_split"):
+            if getattr(self, key) not in ("train", "heldout"):
+                raise ValueError(
+                    f"evalset.{key} must be train or heldout, got {getattr(self, key)!r}"
+                )
         if self.source == "scripts_jsonl" and not self.path:
             raise ValueError(
                 "evalset.path must name a scripts .jsonl when evalset.source=scripts_jsonl"
@@ -133,7 +140,7 @@ class _SpeechDialogues:
         return len(self.pairs)
 
     def script(self, rid: str, picks: list[int]) -> Script:
-        voice = self.speech.voice_for("heldout", rid)
+        voice = self.speech.voice_for(self.cfg.voice_split, rid)
         return self.speech.make_script(rid, [self.pairs[p] for p in picks], voice, self.cfg.split)
 
     def backchannels(self, rid: str) -> tuple:

@@ -140,3 +140,22 @@ def test_the_hesitation_set_cannot_be_passed_by_counting_frames(setup) -> None:
     assert without["pauses_kept"] >= 0.9  # the cue the lead-ins remove
     assert with_leads["pauses_kept"] <= 0.8
     assert with_leads["auc"] < without["auc"]
+
+
+@pytest.mark.parametrize("voice_split", ["heldout", "train"])
+def test_voice_split_chooses_whose_voices_speak(setup, voice_split) -> None:
+    from dataclasses import replace
+
+    from bayling_duplex.eval.dialogues import _SpeechDialogues
+
+    recipe, codec, _, cfg = setup
+    src = _SpeechDialogues(replace(cfg, voice_split=voice_split), codec, recipe)
+    names = recipe.speech.voices if voice_split == "train" else recipe.speech.heldout_voices
+    for i in range(6):
+        src.script(f"v{i}", [0])
+        assert src.speech.voices[f"v{i}"].name in names
+
+
+def test_a_wrong_voice_split_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"evalset\.voice_split"):
+        EvalSetConfig(voice_split="dev")
