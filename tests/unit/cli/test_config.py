@@ -240,6 +240,12 @@ def test_dpo_defaults_of_the_generic_keys_are_kept():
     ) == (2e-3, 0.98, 6.0, 4, 0)
     assert (sft.train.loss_weights.control, sft.train.loss_weights.silence_slot) == (2.0, 2.0)
     assert (sft.train.loss_weights.text, sft.train.loss_weights.speech) == (1.0, 1.0)
+    # the real-speech default pauses every user turn of a hesitation dialogue; the schema's
+    # default (which the evaluation's own dialogues use) stays one pause per dialogue
+    from bayling_duplex.data.load import recipe_from_file
+
+    assert recipe_from_file("speech_demo").synthesis.hesitation_turns == "all"
+    assert schemas.RecipeConfig().synthesis.hesitation_turns == "one"
 
 
 def test_importing_the_train_configs_imports_no_torch():
