@@ -50,10 +50,35 @@ def build_command(data_cfg) -> str:
     )
 
 
+def recipe_drift(path: Path, data_cfg) -> str | None:
+    """A warning when the data at ``path`` was built from another version of
+    ``data.recipe`` than the file today (a default that changed since the build, or a
+    build with overrides), else None. Training still uses the data as built: only the
+    codec, builder, vocabulary and format must match (:func:`check_manifest`)."""
+    from bayling_duplex.data.recipe import recipe_digest
+    from bayling_duplex.runtime import plain
+
+    try:
+        built = json.loads((path / MANIFEST).read_text())["fingerprint"]["recipe"]
+        now = recipe_digest(plain(recipe_from_file(data_cfg.recipe)))
+    except (OSError, ValueError, KeyError, TypeError, DataMismatchError):
+        return None  # no readable manifest or recipe: check_manifest says what is wrong
+    if built == now:
+        return None
+    return (
+        f"{path} was built from another version of recipe {data_cfg.recipe} (recipe "
+        f"fingerprint {built} != {now} today): training uses it as built; to train on the "
+        f"recipe as it is now, rebuild it: {build_command(data_cfg)} overwrite=true"
+    )
+
+
 def ensure_built(data_cfg, model_cfg, vocab_cfg) -> None:
     """Build the demo data when it is missing and allowed to; otherwise explain how."""
     path = Path(data_cfg.path)
     if (path / MANIFEST).is_file():
+        drift = recipe_drift(path, data_cfg)
+        if drift and is_main_process():
+            log.warning(drift)
         return
     if not data_cfg.build_if_missing:
         raise DataMismatchError(

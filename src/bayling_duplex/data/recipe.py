@@ -155,11 +155,15 @@ def vocab_fingerprint(vocab: DuplexVocab, tokenizer) -> str:
     )
 
 
+def recipe_digest(recipe_plain: dict) -> str:
+    """The ``recipe`` part of a manifest's fingerprint: every key that changes what is built."""
+    return _digest({k: v for k, v in recipe_plain.items() if k not in ("max_reject_share",)})
+
+
 def fingerprint(recipe_plain: dict, vocab_fp: str, codec_name: str) -> dict:
     """Manifest fingerprint: each part and their combination."""
-    build_keys = {k: v for k, v in recipe_plain.items() if k not in ("max_reject_share",)}
     parts = {
-        "recipe": _digest(build_keys),
+        "recipe": recipe_digest(recipe_plain),
         "vocab": vocab_fp,
         "builder": BUILDER_VERSION,
         "codec": codec_name,

@@ -196,6 +196,30 @@ def test_missing_data_names_the_build_command(tmp_path):
         run_sft(conf, tmp_path / "run")
 
 
+def test_data_built_from_another_version_of_its_recipe_is_named_in_a_warning(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from bayling_duplex.data.load import ensure_built, recipe_drift, recipe_from_file
+    from bayling_duplex.data.recipe import recipe_digest
+    from bayling_duplex.runtime import plain
+
+    data = SimpleNamespace(path=str(tmp_path), recipe="demo", build_if_missing=False)
+    now = recipe_digest(plain(recipe_from_file("demo")))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"fingerprint": {"recipe": now}}))
+    assert recipe_drift(tmp_path, data) is None
+    manifest.write_text(json.dumps({"fingerprint": {"recipe": "0123abcd"}}))
+    with caplog.at_level(logging.WARNING):
+        ensure_built(data, None, None)  # the data stays usable: a warning, not a refusal
+    assert "another version of recipe demo" in caplog.text and "0123abcd" in caplog.text
+    assert f"output_dir={tmp_path} overwrite=true" in caplog.text
+    # no recipe of that name, or no fingerprint: nothing to compare, no warning
+    assert recipe_drift(tmp_path, SimpleNamespace(path=str(tmp_path), recipe="nope")) is None
+    manifest.write_text("{}")
+    assert recipe_drift(tmp_path, data) is None
+
+
 def test_data_of_another_vocabulary_is_refused(small_data, tmp_path):
     from bayling_duplex.data.load import DataMismatchError
     from bayling_duplex.train.sft import run_sft
