@@ -8,8 +8,9 @@ user codes drawn at random from elsewhere in the same batch, so the replacements
 the channel's own unit distribution, silence units included, and add no code the data
 lacks. Only inputs change: user codes are never targets (format §5), and the
 assistant's codes, which are, are left alone. With ``train.user_unit_swap_scope=speech``
-only the frames inside the user's recorded speech segments are replaced, by codes from
-the same frames: the silences, and so the pauses and turn ends, stay as built. Held-out losses and every evaluation see
+only the frames inside the user's recorded speech segments, less the hesitation pauses
+inside them, are replaced, by codes from the same frames: the silences, and so the pauses
+and turn ends, stay as built. Held-out losses and every evaluation see
 the data as built (:meth:`DuplexTrainer.evaluate` does not call this).
 
 No kept library does this for token ids (audio augmentation libraries work on

@@ -82,15 +82,18 @@ def mark_pause_slots(cls: torch.Tensor, pauses, frames_per_block: int, slots_per
 
 
 def speech_positions(
-    segments, frames_per_block: int, slots_per_block: int, length: int
+    segments, frames_per_block: int, slots_per_block: int, length: int, pauses=()
 ) -> torch.Tensor:
     """``[length]`` bool: True at the user audio positions whose frame lies in one of the
     user's ``segments`` (``[start, end, kind]`` frames, as a built row's ``meta`` records
-    them). Frame ``f`` sits at position ``(f // B)·(2B + T) + f % B`` (``U_k`` opens each block)."""
+    them) and in none of its hesitation ``pauses`` (``[start, end]``: a turn's segment
+    spans the pause inside it). Frame ``f`` sits at position ``(f // B)·(2B + T) + f % B``
+    (``U_k`` opens each block)."""
     b = frames_per_block
     block_len = 2 * b + slots_per_block
     out = torch.zeros(length, dtype=torch.bool)
-    frames = [f for s, e, *_ in segments for f in range(int(s), int(e))]
+    quiet = {f for s, e, *_ in pauses for f in range(int(s), int(e))}
+    frames = [f for s, e, *_ in segments for f in range(int(s), int(e)) if f not in quiet]
     if frames:
         f = torch.tensor(frames)
         pos = (f // b) * block_len + f % b
@@ -119,7 +122,8 @@ class DuplexCollator:
     # pause as PAUSE_SILENCE (train.loss_weights.pause_silence); None: leave classes alone
     pause_layout: tuple[int, int] | None = None
     # (frames_per_block, slots_per_block): add ``user_speech``, the user audio positions
-    # inside the user's recorded speech (train.user_unit_swap_scope=speech); None: no such key
+    # inside the user's recorded speech, its hesitation pauses left out
+    # (train.user_unit_swap_scope=speech); None: no such key
     speech_layout: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -137,7 +141,9 @@ class DuplexCollator:
         speech = None
         if self.speech_layout is not None:
             speech = [
-                speech_positions(row_segments(r) or (), *self.speech_layout, len(x))
+                speech_positions(
+                    row_segments(r) or (), *self.speech_layout, len(x), row_pauses(r) or ()
+                )
                 for x, r in zip(ids, rows, strict=True)
             ]
         if self.pack:

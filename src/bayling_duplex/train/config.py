@@ -226,7 +226,8 @@ class SftTrainConfig(TrainConfig):
     # from elsewhere in the batch (input noise against memorising; train/augment.py); 0: off
     user_unit_swap: float = 0.0
     # USER_UNIT_SWAP_SCOPES: all (every user code, silences too), speech (only the frames
-    # inside the user's recorded speech segments; needs data whose rows' meta records them)
+    # inside the user's recorded speech segments, their hesitation pauses left out; needs
+    # data whose rows' meta records the segments)
     user_unit_swap_scope: str = "all"
 
     def __post_init__(self) -> None:

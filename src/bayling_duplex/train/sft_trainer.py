@@ -18,6 +18,7 @@ losses in every checkpoint, so a resumed run reports the mean over all its steps
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -67,11 +68,13 @@ class DuplexTrainer(Trainer):
         classes = inputs.pop("classes")
         region = inputs.pop("user_speech", None)
         if self.user_unit_swap > 0 and model.training:
-            # seeded by (run.seed, step, micro-batch): a resumed run draws the same noise
+            # seeded by (run.seed, rank, step, micro-batch): a resumed run draws the same
+            # noise, and no two ranks, steps or micro-batches share a stream
             step = self.state.global_step
             micro = self._swap_at[1] + 1 if self._swap_at[0] == step else 0
             self._swap_at = (step, micro)
-            self._swap_rng.manual_seed(self.args.seed * 1_000_003 + step * 64 + micro)
+            key = f"{self.args.seed}|{self.args.process_index}|{step}|{micro}".encode()
+            self._swap_rng.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
             inputs["input_ids"] = swap_user_units(
                 inputs["input_ids"],
                 classes,

@@ -98,6 +98,9 @@ def test_speech_positions_follow_the_block_layout():
     assert set(got.nonzero().flatten().tolist()) == want
     # past the sequence's end: nothing, no error
     assert not speech_positions([[80, 90, "turn"]], 10, 5, 75).any()
+    # a turn's segment spans its hesitation pause: the pause's frames are left out
+    got = speech_positions([[0, 20, "turn"]], 10, 5, 50, pauses=[[6, 14]])
+    assert set(got.nonzero().flatten().tolist()) == {0, 1, 2, 3, 4, 5, 29, 30, 31, 32, 33, 34}
 
 
 def test_the_speech_scope_keeps_silences_as_built():
@@ -118,20 +121,27 @@ def test_the_collator_adds_the_speech_region_only_when_asked(pack):
     from bayling_duplex.train.collate import DuplexCollator
 
     block = [U] * 10 + [S] * 5 + [SP] * 10
+    meta = [
+        {"user_segments": [[0, 12, "turn"]], "pauses": [[3, 5]]},
+        {"user_segments": [[8, 11, "turn"]], "pauses": []},
+    ]
     rows = [
-        {
-            "input_ids": [LO] * n * 25,
-            "classes": block * n,
-            "meta": json.dumps({"user_segments": [[0, 12, "turn"]]}),
-        }
-        for n in (3, 2)
+        {"input_ids": [LO] * n * 25, "classes": block * n, "meta": json.dumps(m)}
+        for n, m in zip((3, 2), meta, strict=True)
     ]
     plain = DuplexCollator(pad_id=PAD, pack=pack)(rows)
     assert "user_speech" not in plain
     batch = DuplexCollator(pad_id=PAD, pack=pack, speech_layout=(10, 5))(rows)
     region = batch["user_speech"]
     assert region.shape == batch["input_ids"].shape and region.dtype == torch.bool
-    assert int(region.sum()) == 2 * 12  # 12 frames in each dialogue
+    # dialogue 0: frames 0-2 and 5-11 (the pause 3-4 left out); dialogue 1: frames 8-10
+    first = [0, 1, 2, 5, 6, 7, 8, 9, 25, 26]
+    second = [8, 9, 25]
+    if pack:  # one row: the second dialogue starts after the first's 75 tokens
+        want = [(0, p) for p in first] + [(0, 75 + p) for p in second]
+    else:
+        want = [(0, p) for p in first] + [(1, p) for p in second]
+    assert sorted(map(tuple, region.nonzero().tolist())) == want
 
 
 def test_an_unknown_scope_fails_naming_the_key():
