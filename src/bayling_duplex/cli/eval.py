@@ -91,7 +91,12 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
             return t(texts, add_special_tokens=False)["input_ids"]
 
         if evalsets is None:
-            seen = [k for k in ("split", "voice_split") if getattr(conf.evalset, k) == "train"]
+            # voice_split only matters for the spoken set (a checkpoint with a codec)
+            seen = [
+                k
+                for k in ("split", "voice_split")
+                if getattr(conf.evalset, k) == "train" and (k == "split" or codec is not None)
+            ]
             if seen:
                 log.warning(
                     "evalset.%s=train: these dialogues use training %s, so the figures are "
