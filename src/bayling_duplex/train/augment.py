@@ -58,8 +58,8 @@ def swap_user_units(
     if k == 0:
         return input_ids
     source = torch.randint(n, (k,), generator=generator).to(codes.device)
-    codes = codes.clone()
-    codes[hit] = input_ids[where][source]
+    noised = codes.clone()
+    noised[hit] = codes[source]
     out = input_ids.clone()
-    out[where] = codes
+    out[where] = noised
     return out

@@ -101,16 +101,19 @@ def speech_positions(
     return out
 
 
+def _row_meta(row: dict, key: str) -> list | None:
+    meta = row.get("meta")
+    return json.loads(meta).get(key) if meta else None
+
+
 def row_segments(row: dict) -> list | None:
     """The user's speech segments a built row's ``meta`` records, or None if it records none."""
-    meta = row.get("meta")
-    return json.loads(meta).get("user_segments") if meta else None
+    return _row_meta(row, "user_segments")
 
 
 def row_pauses(row: dict) -> list | None:
     """The hesitation pauses a built row's ``meta`` records, or None if it records none."""
-    meta = row.get("meta")
-    return json.loads(meta).get("pauses") if meta else None
+    return _row_meta(row, "pauses")
 
 
 @dataclass

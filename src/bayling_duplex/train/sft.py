@@ -50,6 +50,16 @@ def stop_after(step: int):
     return StopAfter()
 
 
+def _meta_layout(train_ds, layout, read, refusal: str) -> tuple[int, int]:
+    """``(frames_per_block, slots_per_block)`` for a collator that reads each row's
+    ``meta`` with ``read``; ``refusal`` (naming the key) when no row of the first 256
+    records it."""
+    head = train_ds.select(range(min(len(train_ds), 256)))
+    if all(read(r) is None for r in head):
+        raise ValueError(refusal)
+    return (layout.frames_per_block, layout.slots_per_block)
+
+
 def _pause_layout(conf, train_ds, layout) -> tuple[int, int] | None:
     """What the collator needs to mark hesitation-pause slots, or None when
     ``train.loss_weights.pause_silence`` is unset. Refused, naming the key, when the
@@ -59,14 +69,14 @@ def _pause_layout(conf, train_ds, layout) -> tuple[int, int] | None:
         return None
     from bayling_duplex.train.collate import row_pauses
 
-    head = train_ds.select(range(min(len(train_ds), 256)))
-    if all(row_pauses(r) is None for r in head):
-        raise ValueError(
-            "train.loss_weights.pause_silence is set, but the training data records no "
-            f"hesitation pauses in its rows' meta ({conf.data.path}): rebuild it with "
-            "`python -m bayling_duplex.data build ... overwrite=true`, or unset the key"
-        )
-    return (layout.frames_per_block, layout.slots_per_block)
+    return _meta_layout(
+        train_ds,
+        layout,
+        row_pauses,
+        "train.loss_weights.pause_silence is set, but the training data records no "
+        f"hesitation pauses in its rows' meta ({conf.data.path}): rebuild it with "
+        "`python -m bayling_duplex.data build ... overwrite=true`, or unset the key",
+    )
 
 
 def _speech_layout(conf, train_ds, layout) -> tuple[int, int] | None:
@@ -77,14 +87,14 @@ def _speech_layout(conf, train_ds, layout) -> tuple[int, int] | None:
         return None
     from bayling_duplex.train.collate import row_segments
 
-    head = train_ds.select(range(min(len(train_ds), 256)))
-    if all(row_segments(r) is None for r in head):
-        raise ValueError(
-            "train.user_unit_swap_scope=speech, but the training data records no user "
-            f"speech segments in its rows' meta ({conf.data.path}): use "
-            "train.user_unit_swap_scope=all, or rebuild the data"
-        )
-    return (layout.frames_per_block, layout.slots_per_block)
+    return _meta_layout(
+        train_ds,
+        layout,
+        row_segments,
+        "train.user_unit_swap_scope=speech, but the training data records no user "
+        f"speech segments in its rows' meta ({conf.data.path}): use "
+        "train.user_unit_swap_scope=all, or rebuild the data",
+    )
 
 
 def run_sft(conf, run_dir: Path) -> dict:
