@@ -1,6 +1,6 @@
 """The README's main job and evaluation, end to end, on the real-speech default.
 
-Slow: 11 min 29 s on the 2-core machine of 2026-12-04 (main job and evaluation), ≈ 21 min on slower ones.
+Slow: 12 min 17 s on the 2-core machine of 2026-12-04 (main job and evaluation), ≈ 21 min on slower ones.
 
 What is asserted is what the default run is claimed to do (docs/evaluation.md, "The
 default run's behaviour"); the bars it does not reach yet (hesitation and backchannel
