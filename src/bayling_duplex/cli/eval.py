@@ -91,21 +91,17 @@ def run_eval(conf: EvalConfig, run_dir: Path) -> dict:
             return t(texts, add_special_tokens=False)["input_ids"]
 
         if evalsets is None:
-            # voice_split only matters for the spoken set (a checkpoint with a codec)
-            seen = [
-                k
-                for k in ("split", "voice_split")
-                if getattr(conf.evalset, k) == "train" and (k == "split" or codec is not None)
-            ]
+            seen = {}  # evalset key -> what it takes from training
+            if conf.evalset.split == "train":
+                seen["split"] = "questions and lead-ins"
+            if conf.evalset.voice_split == "train" and codec is not None:  # spoken sets only
+                seen["voice_split"] = "voices"
             if seen:
                 log.warning(
                     "evalset.%s=train: these dialogues use training %s, so the figures are "
                     "a diagnostic, not held-out results",
                     " and evalset.".join(seen),
-                    " and ".join(
-                        {"split": "questions and lead-ins", "voice_split": "voices"}[k]
-                        for k in seen
-                    ),
+                    " and ".join(seen.values()),
                 )
             evalsets = build_eval_sets(conf.evalset, spec, tokenize, codec=codec)
             cue = length_cue([it for it, _ in evalsets.items])

@@ -250,3 +250,20 @@ def test_dpo_before_after_report_names_both_checkpoints(tmp_path):
     assert report["sft"]["checks"]["paired"]["DPO vs SFT"] == result["paired"]
     assert "| figure | SFT | DPO | difference DPO − SFT [95 % interval] | clear? |" in md
     assert "| SR@3s success (n=" in md and "% [" in md  # the metric table's intervals
+
+
+def test_eval_warns_when_its_dialogues_are_not_held_out(tmp_path):
+    conf = compose_conf("eval", TINY_MODEL)
+    final = save_tiny_sft(conf, tmp_path, tmp_path / "runs" / "sft" / "m" / "final")
+    _summary(final, steps=12, stopped_early=False, checkpoint=str(final))
+    res = _run_eval(
+        tmp_path, "compare_untrained=false", "evalset.split=train", "evalset.voice_split=train"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    # the toy checkpoint has no codec and so no voices: only the questions are named
+    assert (
+        "evalset.split=train: these dialogues use training questions and lead-ins, so the "
+        "figures are a diagnostic, not held-out results" in out
+    )
+    assert "voice_split=train" not in out
